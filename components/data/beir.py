@@ -1,0 +1,166 @@
+"""Load a dataset in BEIR layout, reporting malformed input as `file:line: reason`.
+
+Layout: `corpus.jsonl` (`_id`, optional `title`, `text`), `queries.jsonl` (`_id`, `text`),
+`qrels/<split>.tsv` (header `query-id corpus-id score`). Split names come from the
+qrels file names. Parsing is lenient about *content* (a missing `_id` or an empty text is
+kept so that the validation suites can report it with its rule and line), and strict about
+*form*: a line that is not a JSON object, bytes that are not UTF-8, or a TSV row with the
+wrong number of fields raise `DataFormatError` naming every bad line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+QRELS_HEADER = ["query-id", "corpus-id", "score"]
+MAX_REPORTED_ERRORS = 20
+
+
+class DataFormatError(ValueError):
+    """One or more lines of a data file could not be parsed."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        shown = problems[:MAX_REPORTED_ERRORS]
+        more = len(problems) - len(shown)
+        text = "\n".join(f"  {p}" for p in shown)
+        if more:
+            text += f"\n  ... and {more} more"
+        super().__init__(f"malformed input ({len(problems)} problem(s)):\n{text}")
+
+
+def _decode_lines(path: Path, problems: list[str]):
+    """Yield (line number, text) for each line; undecodable lines are reported, not yielded."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start})")
+
+
+def read_jsonl(path: Path, columns: list[str]) -> pd.DataFrame:
+    """Read a BEIR JSONL file into a frame with `columns` plus `_line` (1-based)."""
+    problems: list[str] = []
+    rows = []
+    for number, line in _decode_lines(path, problems):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(record, dict):
+            problems.append(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            continue
+        row = {col: record.get(col) for col in columns}
+        if row.get("_id") is not None:
+            row["_id"] = str(row["_id"])
+        if "title" in row and row["title"] is None:
+            row["title"] = ""  # corpora without titles are valid
+        row["_line"] = number
+        rows.append(row)
+    if problems:
+        raise DataFormatError(problems)
+    return pd.DataFrame(rows, columns=[*columns, "_line"])
+
+
+def read_qrels(path: Path) -> pd.DataFrame:
+    """Read a qrels TSV with header; grades stay strings so validation can check them."""
+    problems: list[str] = []
+    rows = []
+    for number, line in _decode_lines(path, problems):
+        fields = line.rstrip("\r\n").split("\t")
+        if number == 1:
+            if fields != QRELS_HEADER:
+                problems.append(
+                    f"{path}:1: header must be {' '.join(QRELS_HEADER)!r} (tab-separated), "
+                    f"got {' '.join(fields)!r}"
+                )
+                break
+            continue
+        if fields == [""]:
+            continue
+        if len(fields) != 3:
+            problems.append(f"{path}:{number}: expected 3 tab-separated fields, found {len(fields)}")
+            continue
+        rows.append({"query-id": fields[0], "corpus-id": fields[1], "score": fields[2], "_line": number})
+    if problems:
+        raise DataFormatError(problems)
+    return pd.DataFrame(rows, columns=[*QRELS_HEADER, "_line"])
+
+
+@dataclass
+class BeirDataset:
+    """A dataset as frames (for validation) with dict views (for retrieval and evaluation)."""
+
+    path: Path
+    corpus: pd.DataFrame
+    queries: pd.DataFrame
+    qrels: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.qrels)
+
+    def file_of(self, part: str) -> Path:
+        if part in ("corpus", "queries"):
+            return self.path / f"{part}.jsonl"
+        return self.path / "qrels" / f"{part}.tsv"
+
+    def corpus_dict(self) -> dict[str, dict[str, str]]:
+        columns = zip(self.corpus["_id"], self.corpus["title"], self.corpus["text"], strict=True)
+        return {docid: {"title": title or "", "text": text or ""} for docid, title, text in columns}
+
+    def queries_dict(self) -> dict[str, str]:
+        return dict(zip(self.queries["_id"], self.queries["text"], strict=True))
+
+    def qrels_dict(self, split: str) -> dict[str, dict[str, int]]:
+        if split not in self.qrels:
+            raise KeyError(f"{self.path}: no qrels for split {split!r} (have: {self.splits})")
+        result: dict[str, dict[str, int]] = {}
+        for qid, docid, score in self.qrels[split][QRELS_HEADER].itertuples(index=False):
+            result.setdefault(qid, {})[docid] = int(score)
+        return result
+
+
+def load_beir(path: str | Path) -> BeirDataset:
+    """Load every part of a BEIR folder. Missing files raise FileNotFoundError naming them."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset folder {path} does not exist")
+    corpus_file, queries_file = path / "corpus.jsonl", path / "queries.jsonl"
+    qrels_files = sorted((path / "qrels").glob("*.tsv"))
+    missing = [str(p) for p in (corpus_file, queries_file) if not p.is_file()]
+    if not qrels_files:
+        missing.append(f"{path / 'qrels'}/<split>.tsv")
+    if missing:
+        raise FileNotFoundError(f"dataset {path} is not in BEIR layout; missing: {', '.join(missing)}")
+
+    problems: list[str] = []
+    parts = {}
+    readers = [("corpus", lambda: read_jsonl(corpus_file, ["_id", "title", "text"])),
+               ("queries", lambda: read_jsonl(queries_file, ["_id", "text"]))]
+    readers += [(f.stem, lambda f=f: read_qrels(f)) for f in qrels_files]
+    for part, reader in readers:
+        try:
+            parts[part] = reader()
+        except DataFormatError as exc:  # collect across files so one run shows everything
+            problems.extend(exc.problems)
+    if problems:
+        raise DataFormatError(problems)
+    return BeirDataset(
+        path=path,
+        corpus=parts.pop("corpus"),
+        queries=parts.pop("queries"),
+        qrels=parts,
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, per-query scores and significance tests over TREC runs."""

@@ -1,0 +1,141 @@
+"""Great Expectations suites for a BEIR dataset.
+
+Each expectation carries `meta.rule` (a stable, readable rule name) and `meta.part`
+(corpus, queries or a qrels split) so a failure can be reported as rule + file + lines.
+Frames come from `components.data.beir` and keep a `_line` column for that purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import pandas as pd
+
+from components.config import ValidationParams
+
+INTEGER = r"^-?[0-9]+$"
+NON_BLANK = r"\S"
+
+
+@dataclass
+class Check:
+    """One frame to validate with its expectations."""
+
+    name: str  # e.g. "corpus", "qrels/test", "split-overlap/test"
+    part: str  # the data part whose file is reported: corpus, queries, or a split name
+    frame: pd.DataFrame
+    expectations: list
+
+
+def _rule(expectation, rule: str, part: str, description: str):
+    expectation.meta = {"rule": rule, "part": part, "description": description}
+    return expectation
+
+
+def text_checks(part: str, frame: pd.DataFrame, max_chars: int, min_rows: int, max_rows: int):
+    noun = "document" if part == "corpus" else "query"
+    return Check(part, part, frame, [
+        _rule(gxe.ExpectColumnValuesToNotBeNull(column="_id"), f"{part}.id_present", part,
+              f"every {noun} has an `_id`"),
+        _rule(gxe.ExpectColumnValuesToBeUnique(column="_id"), f"{part}.id_unique", part,
+              f"{noun} ids are unique"),
+        _rule(gxe.ExpectColumnValuesToNotBeNull(column="text"), f"{part}.text_present", part,
+              f"every {noun} has a `text` field"),
+        _rule(gxe.ExpectColumnValuesToMatchRegex(column="text", regex=NON_BLANK),
+              f"{part}.text_non_empty", part, f"{noun} text is not empty or blank"),
+        _rule(gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1,
+                                                      max_value=max_chars),
+              f"{part}.text_length", part, f"{noun} text has 1..{max_chars} characters"),
+        _rule(gxe.ExpectTableRowCountToBeBetween(min_value=min_rows, max_value=max_rows),
+              f"{part}.row_count", part, f"{min_rows}..{max_rows} {noun} rows"),
+    ])
+
+
+def qrels_checks(split: str, qrels: pd.DataFrame, query_ids: list, doc_ids: list,
+                 allowed_grades: list[int]):
+    frame = qrels.copy()
+    # Grades are parsed here (not by the loader) so that a non-integer is a rule failure.
+    frame["grade"] = pd.to_numeric(frame["score"].where(frame["score"].str.match(INTEGER)),
+                                   errors="coerce").astype("Int64")
+    return Check(f"qrels/{split}", split, frame, [
+        _rule(gxe.ExpectColumnValuesToBeInSet(column="query-id", value_set=query_ids),
+              f"qrels.{split}.query_exists", split, "every qrels row names an existing query"),
+        _rule(gxe.ExpectColumnValuesToBeInSet(column="corpus-id", value_set=doc_ids),
+              f"qrels.{split}.doc_exists", split, "every qrels row names an existing document"),
+        _rule(gxe.ExpectColumnValuesToMatchRegex(column="score", regex=INTEGER),
+              f"qrels.{split}.grade_integer", split, "relevance grades are integers"),
+        _rule(gxe.ExpectColumnValuesToBeInSet(column="grade", value_set=allowed_grades),
+              f"qrels.{split}.grade_allowed", split,
+              f"relevance grades are in {sorted(allowed_grades)}"),
+        _rule(gxe.ExpectCompoundColumnsToBeUnique(column_list=["query-id", "corpus-id"]),
+              f"qrels.{split}.pair_unique", split, "each (query, document) pair is judged once"),
+        _rule(gxe.ExpectTableRowCountToBeBetween(min_value=1), f"qrels.{split}.row_count",
+              split, "the split has at least one judgement"),
+    ])
+
+
+def relevant_per_query_check(split: str, frame: pd.DataFrame) -> Check:
+    """Every query evaluated on `split` needs at least one relevant (grade > 0) document."""
+    graded = frame.assign(grade=pd.to_numeric(frame["score"], errors="coerce"))
+    per_query = graded.groupby("query-id", sort=True).agg(
+        max_grade=("grade", "max"), _line=("_line", "min")).reset_index()
+    return Check(f"queries-with-relevant/{split}", split, per_query, [
+        _rule(gxe.ExpectColumnValuesToBeBetween(column="max_grade", min_value=1),
+              f"qrels.{split}.query_has_relevant_doc", split,
+              "every evaluated query has at least one relevant document"),
+    ])
+
+
+def disjoint_splits_check(train_split: str, other_split: str, train: pd.DataFrame,
+                          other: pd.DataFrame) -> Check:
+    """Queries of `other_split` must not appear in the training split (no leakage)."""
+    frame = other.drop_duplicates("query-id")[["query-id", "_line"]]
+    train_ids = sorted(set(train["query-id"]))
+    return Check(f"split-overlap/{other_split}", other_split, frame, [
+        _rule(gxe.ExpectColumnValuesToNotBeInSet(column="query-id", value_set=train_ids),
+              f"qrels.{other_split}.disjoint_from_{train_split}", other_split,
+              f"{other_split} queries do not appear in {train_split}"),
+    ])
+
+
+def build_checks(dataset, params: ValidationParams, train_split: str) -> list[Check]:
+    query_ids = sorted(dataset.queries["_id"].dropna().unique())
+    doc_ids = sorted(dataset.corpus["_id"].dropna().unique())
+    checks = [
+        text_checks("corpus", dataset.corpus, params.max_doc_chars, params.min_docs,
+                    params.max_docs),
+        text_checks("queries", dataset.queries, params.max_query_chars, params.min_queries,
+                    params.max_queries),
+    ]
+    for split, frame in sorted(dataset.qrels.items()):
+        checks.append(qrels_checks(split, frame, query_ids, doc_ids, params.allowed_grades))
+        checks.append(relevant_per_query_check(split, frame))
+    if train_split in dataset.qrels:
+        for split, frame in sorted(dataset.qrels.items()):
+            if split != train_split:
+                checks.append(disjoint_splits_check(train_split, split,
+                                                    dataset.qrels[train_split], frame))
+    return checks
+
+
+def run_check(context, check: Check):
+    """Validate one frame with Great Expectations; returns the suite's validation result."""
+    source = context.data_sources.add_or_update_pandas(name="beir")
+    asset = source.add_dataframe_asset(name=check.name)
+    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
+        batch_parameters={"dataframe": check.frame.reset_index(drop=True)})
+    suite = context.suites.add(gx.ExpectationSuite(name=check.name,
+                                                   expectations=check.expectations))
+    return batch.validate(suite, result_format="COMPLETE")
+
+
+def ephemeral_context():
+    """An in-memory GE context: nothing written to disk, no network, no progress bars."""
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False,
+                                                         metric_calculations=False)
+    return context

@@ -1,0 +1,47 @@
+"""Stage `bm25`: a Pyserini Lucene index of the corpus and BM25 runs for every split."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+
+from components import tracking
+from components.config import load_params
+from components.data.beir import load_beir
+from components.layout import Layout
+from components.runs import write_trec_run
+from components.search import bm25
+from flows._stage import run_cli, stage_flow
+
+
+@stage_flow("bm25")
+def bm25_stage(params_path: str = "params.yaml") -> None:
+    params = load_params(params_path)
+    cfg, layout = params.bm25, Layout(params.data.name)
+    dataset_dir = params.data.dataset_dir()
+    section = {"data": params.data.model_dump(), "bm25": cfg.model_dump()}
+    with tracking.stage_run("bm25", params.tracking.experiment, section, dataset_dir):
+        dataset = load_beir(dataset_dir)
+        started = time.perf_counter()
+        bm25.build_index(dataset.corpus_dict(), layout.bm25_index, threads=cfg.threads)
+        index_seconds = time.perf_counter() - started
+        print(f"indexed {len(dataset.corpus)} documents in {index_seconds:.1f}s")
+        queries = dataset.queries_dict()
+        metrics = {"index_seconds": index_seconds,
+                   "index_bytes": bm25.index_size_bytes(layout.bm25_index)}
+        for split in dataset.splits:
+            split_queries = {qid: queries[qid] for qid in dataset.qrels_dict(split)}
+            started = time.perf_counter()
+            run = bm25.search(layout.bm25_index, split_queries, cfg.depth, cfg.k1, cfg.b,
+                              cfg.threads)
+            seconds = time.perf_counter() - started
+            path = layout.run_dir("bm25") / f"{split}.trec"
+            write_trec_run(path, run, tag="BM25")
+            metrics[f"{split}_search_ms_per_query"] = 1000 * seconds / max(len(run), 1)
+            print(f"{split}: {len(run)} queries, top-{cfg.depth}, {seconds:.1f}s -> {path}")
+        mlflow.log_metrics(metrics)
+
+
+if __name__ == "__main__":
+    run_cli(bm25_stage)

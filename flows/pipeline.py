@@ -1,0 +1,97 @@
+"""The whole pipeline as one Prefect flow run: every DVC stage in the fixed order.
+
+Each stage is a Prefect task that runs `dvc repro --single-item <stage>`, so DVC's cache
+decides what actually runs (unchanged stages are skipped) and `dvc.lock` stays the record
+of what was produced. The flow opens an MLflow parent run; stage processes see its id in
+PIPELINE_MLFLOW_RUN_ID and log as its children.
+
+Run: `python -m flows.pipeline` (starts a temporary Prefect server when PREFECT_API_URL is
+unset, shared by the stage processes).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import typer
+import yaml
+from prefect import flow, get_run_logger, task
+
+from components import tracking
+from components.config import load_params
+from components.settings import repo_root
+
+
+def stage_order() -> list[str]:
+    """Stages in the order dvc.yaml lists them (which is their dependency order)."""
+    return list(yaml.safe_load((repo_root() / "dvc.yaml").read_text())["stages"])
+
+
+class StageError(RuntimeError):
+    pass
+
+
+@task(name="stage", retries=0)
+def run_stage(stage: str) -> str:
+    """Run one DVC stage; returns 'ran' or 'skipped'. Streams its output into the logs."""
+    logger = get_run_logger()
+    command = ["dvc", "repro", "--single-item", stage]
+    logger.info("$ %s", " ".join(command))
+    process = subprocess.Popen(command, cwd=repo_root(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    lines = []
+    for line in process.stdout:
+        lines.append(line.rstrip())
+        logger.info(line.rstrip())
+    if process.wait() != 0:
+        tail = "\n".join(lines[-25:])
+        raise StageError(f"stage {stage} failed (exit {process.returncode}):\n{tail}")
+    return "skipped" if any("didn't change, skipping" in line for line in lines) else "ran"
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(params_path: str = "params.yaml") -> dict[str, str]:
+    params = load_params(params_path)  # fail fast on a bad params.yaml, before any stage
+    tracking.check_tracking_server()
+    experiment_id = tracking.ensure_experiment(params.tracking.experiment)
+    outcomes: dict[str, str] = {}
+    tags = {"stage": "pipeline", "dataset": params.data.name, "profile": params.profile,
+            "git_commit": tracking.git_commit()}
+    with mlflow.start_run(experiment_id=experiment_id, run_name="pipeline", tags=tags) as run:
+        mlflow.log_params(tracking.flatten(params.model_dump()))
+        os.environ[tracking.PARENT_RUN_ENV] = run.info.run_id
+        try:
+            for stage in stage_order():
+                outcomes[stage] = run_stage.with_options(name=stage)(stage)
+                mlflow.set_tag(f"stage.{stage}", outcomes[stage])
+        finally:
+            os.environ.pop(tracking.PARENT_RUN_ENV, None)
+    print("stages: " + ", ".join(f"{s}={o}" for s, o in outcomes.items()))
+    return outcomes
+
+
+def main(params: str = typer.Option("params.yaml", help="Parameters file.")) -> None:
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        # One temporary server for the flow and all stage processes (instead of each stage
+        # process starting its own, ~10 s each).
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start()
+        os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        state = pipeline(params_path=params, return_state=True)
+    finally:
+        if server is not None:
+            server.stop()
+    if state.is_failed():
+        typer.echo(f"pipeline failed: {state.message}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,36 @@
+"""Stage `validate`: Great Expectations suites over the dataset; any violation stops the
+pipeline with a report naming rule, file, line and sample values."""
+
+from __future__ import annotations
+
+import mlflow
+
+from components import tracking
+from components.atomic import write_text_atomic
+from components.config import load_params
+from components.layout import Layout
+from components.validation.report import validate_dataset
+from flows._stage import StageFailed, run_cli, stage_flow
+
+
+@stage_flow("validate")
+def validate(params_path: str = "params.yaml") -> str:
+    params = load_params(params_path)
+    dataset_dir = params.data.dataset_dir()
+    out = Layout(params.data.name).validation_dir
+    section = {"data": params.data.model_dump(), "validation": params.validation.model_dump()}
+    with tracking.stage_run("validate", params.tracking.experiment, section, dataset_dir):
+        report = validate_dataset(dataset_dir, params.validation, params.data.train_split)
+        write_text_atomic(out / "report.json", report.to_json())
+        write_text_atomic(out / "report.md", report.to_markdown())
+        mlflow.log_metrics({"expectations": report.expectations_run,
+                            "failed_rules": len(report.failures)})
+        mlflow.log_artifacts(str(out), artifact_path="validation")
+        print(report.summary())
+        if not report.success:
+            raise StageFailed(f"{report.summary()}\nreport: {out / 'report.md'}")
+    return report.summary()
+
+
+if __name__ == "__main__":
+    run_cli(validate)
