@@ -1,0 +1,95 @@
+"""A working copy of the repository in a tmp dir, with a small SciFact subset as its data.
+
+The copy holds the tracked and untracked-but-not-ignored files (what a fresh clone plus
+the current edits would hold), its own git history, mlflow.db and PREFECT_HOME.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.settings import REPO_ROOT
+
+MINI = "scifact-mini"
+
+
+def project_env(root: Path) -> dict[str, str]:
+    """The environment a user's shell would have: no state pointing at the test session."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "PREFECT_", "PIPELINE_"))}
+    env["PATH"] = f"{REPO_ROOT / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
+    env.pop("RERANK_DISTILL_ROOT", None)
+    return env
+
+
+def run(command: list[str], root: Path, check: bool = True, timeout: int = 600):
+    result = subprocess.run(command, cwd=root, env=project_env(root), capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def copy_worktree(dest: Path) -> None:
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def write_mini_scifact(source: Path, dest: Path, seed: int = 0) -> None:
+    """40 test + 60 train queries, their relevant docs and 400 other docs."""
+    rng = random.Random(seed)
+    qrels = {}
+    for split, n in (("test", 40), ("train", 60)):
+        lines = (source / "qrels" / f"{split}.tsv").read_text().splitlines()
+        rows = [line.split("\t") for line in lines[1:]]
+        keep = set(rng.sample(sorted({r[0] for r in rows}), n))
+        qrels[split] = [lines[0]] + ["\t".join(r) for r in rows if r[0] in keep]
+    judged_docs = {line.split("\t")[1] for rows in qrels.values() for line in rows[1:]}
+    judged_queries = {line.split("\t")[0] for rows in qrels.values() for line in rows[1:]}
+    corpus = [json.loads(line) for line in (source / "corpus.jsonl").open()]
+    others = [d for d in corpus if d["_id"] not in judged_docs]
+    keep_docs = judged_docs | {d["_id"] for d in rng.sample(others, 400)}
+    (dest / "qrels").mkdir(parents=True)
+    with open(dest / "corpus.jsonl", "w") as out:
+        for doc in corpus:
+            if doc["_id"] in keep_docs:
+                out.write(json.dumps(doc) + "\n")
+    with open(dest / "queries.jsonl", "w") as out:
+        for line in (source / "queries.jsonl").open():
+            if json.loads(line)["_id"] in judged_queries:
+                out.write(line)
+    for split, rows in qrels.items():
+        (dest / "qrels" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="session")
+def repo_copy(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project") / "repo"
+    root.mkdir()
+    copy_worktree(root)
+    run(["git", "init", "-q", "-b", "main"], root)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], root)
+    # The bundled data arrive the way they do on a fresh clone: from the in-repo DVC remote.
+    run(["dvc", "pull", "--quiet", "data/raw/scifact.dvc"], root)
+    write_mini_scifact(root / "data/raw/scifact", root / "data/raw" / MINI)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["name"] = MINI
+    params["data"]["eval_queries"] = 20
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root

@@ -1,0 +1,140 @@
+"""The real pipeline (Prefect, DVC, MLflow, Pyserini) on a small SciFact subset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.e2e.conftest import MINI, run
+
+pytestmark = pytest.mark.slow
+STAGES = ["validate", "bm25", "evaluate"]
+
+
+def _digest(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pipeline_result(repo_copy):
+    result = run(["python", "-m", "flows.pipeline"], repo_copy)
+    return repo_copy, result
+
+
+def test_fresh_clone_gets_bundled_data_from_dvc(repo_copy):
+    assert (repo_copy / "data/raw/scifact/corpus.jsonl").stat().st_size > 7_000_000
+
+
+def test_pipeline_produces_outputs_and_metrics(pipeline_result):
+    root, result = pipeline_result
+    out = root / "outputs" / MINI
+    for path in ["validation/report.json", "validation/report.md", "bm25/index",
+                 "runs/bm25/test.trec", "runs/bm25/train.trec", "eval/metrics.json",
+                 "eval/results.md", "eval/results.csv"]:
+        assert (out / path).exists(), path
+    metrics = json.loads((out / "eval/metrics.json").read_text())
+    bm25 = metrics["test"]["all"]["BM25"]
+    assert bm25["queries"] == 40
+    assert 0.5 < bm25["ndcg_cut_10"] <= 1.0  # a 500-doc corpus is easier than the full one
+    shown = run(["dvc", "metrics", "show", "--json"], root).stdout
+    assert "ndcg_cut_10" in shown
+    assert "stages: validate=ran, bm25=ran, evaluate=ran" in result.stdout + result.stderr
+
+
+def test_mlflow_groups_stage_runs_under_the_pipeline_run(pipeline_result):
+    root, _ = pipeline_result
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("rerank-distill")
+    assert experiment.artifact_location.startswith((root / "mlruns").as_uri())
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("stage") == "pipeline")
+    children = {r.data.tags["stage"]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == set(STAGES)
+    for child in children.values():
+        assert child.info.status == "FINISHED"
+        assert len(child.data.tags["git_commit"]) == 40
+        assert child.data.tags["dataset"] == MINI
+    assert children["bm25"].data.params["bm25.k1"] == "0.9"
+    assert children["evaluate"].data.metrics["test.all.bm25.ndcg_cut_10"] > 0.5
+    artifacts = [a.path for a in client.list_artifacts(children["evaluate"].info.run_id, "eval")]
+    assert "eval/results.md" in artifacts and "eval/metrics.json" in artifacts
+
+
+def test_second_repro_is_a_fast_no_op(pipeline_result):
+    root, _ = pipeline_result
+    started = time.perf_counter()
+    result = run(["dvc", "repro"], root)
+    assert time.perf_counter() - started < 15
+    assert "Data and pipelines are up to date" in result.stdout
+
+
+def test_changing_a_bm25_param_reruns_only_bm25_and_evaluate(pipeline_result):
+    root, _ = pipeline_result
+    params_file = root / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["bm25"]["k1"] = 1.2
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        output = run(["dvc", "repro"], root).stdout
+        ran = {s for s in STAGES if f"Running stage '{s}'" in output}
+        assert ran == {"bm25", "evaluate"}, output
+    finally:
+        params_file.write_text(original)
+    # Back to the original value: DVC's run cache restores the earlier outputs.
+    assert "Running stage 'validate'" not in run(["dvc", "repro"], root).stdout
+
+
+def _corrupt_and_validate(root, corpus_edit=None, qrels_edit=None):
+    data = root / "data/raw" / MINI
+    saved = {p: p.read_bytes() for p in [data / "corpus.jsonl", data / "qrels/test.tsv"]}
+    downstream = root / "outputs" / MINI / "runs/bm25/test.trec"
+    before = _digest(downstream)
+    try:
+        if corpus_edit:
+            (data / "corpus.jsonl").write_text(corpus_edit((data / "corpus.jsonl").read_text()))
+        if qrels_edit:
+            (data / "qrels/test.tsv").write_text(qrels_edit((data / "qrels/test.tsv").read_text()))
+        result = run(["dvc", "repro"], root, check=False)
+    finally:
+        for path, content in saved.items():
+            path.write_bytes(content)
+    assert result.returncode != 0
+    assert "Running stage 'bm25'" not in result.stdout
+    assert _digest(downstream) == before
+    return result.stdout + result.stderr
+
+
+def test_corrupted_data_fails_validation_naming_rule_file_and_line(pipeline_result):
+    root, _ = pipeline_result
+
+    def duplicate_first_doc(text):
+        lines = text.splitlines()
+        return "\n".join(lines + [lines[0]]) + "\n"
+
+    def point_to_missing_doc(text):
+        return text + text.splitlines()[1].split("\t")[0] + "\tno-such-doc\t1\n"
+
+    output = _corrupt_and_validate(root, duplicate_first_doc, point_to_missing_doc)
+    assert "corpus.id_unique" in output and "corpus.jsonl:1," in output
+    assert "qrels.test.doc_exists" in output and "qrels/test.tsv:" in output
+    assert "no-such-doc" in output
+
+
+def test_broken_json_line_is_reported_as_file_and_line(pipeline_result):
+    root, _ = pipeline_result
+
+    def break_line_three(text):
+        lines = text.splitlines()
+        lines[2] = lines[2][:40]
+        return "\n".join(lines) + "\n"
+
+    output = _corrupt_and_validate(root, break_line_three)
+    assert "corpus.jsonl:3" in output and "malformed JSON" in output
+    assert "Traceback" not in output

@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import ParamsError, load_params
+from components.settings import REPO_ROOT
+
+
+def test_repository_params_file_is_valid_and_complete():
+    params = load_params(REPO_ROOT / "params.yaml")
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    # Every section in the file is in the schema and vice versa: no hidden defaults.
+    assert set(raw) == set(params.model_dump())
+    for section, values in raw.items():
+        if isinstance(values, dict):
+            assert set(values) == set(params.model_dump()[section]), section
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_typo_names_the_key(tmp_path):
+    path = _write(tmp_path, "bm25:\n  k1: 0.9\n  deptth: 10\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert "bm25.deptth: unknown key" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises(ParamsError, match=r"bm25\.depth: .*integer.*'many'"):
+        load_params(_write(tmp_path, "bm25:\n  depth: many\n"))
+
+
+def test_out_of_range_value(tmp_path):
+    with pytest.raises(ParamsError, match=r"bm25\.b"):
+        load_params(_write(tmp_path, "bm25:\n  b: 1.5\n"))
+
+
+def test_bad_dataset_name(tmp_path):
+    with pytest.raises(ParamsError, match=r"data\.name"):
+        load_params(_write(tmp_path, "data:\n  name: ../etc\n"))
+
+
+def test_broken_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(_write(tmp_path, "bm25: [unclosed\n"))
+
+
+def test_overrides_apply_dotted_keys(tmp_path):
+    params = load_params(_write(tmp_path, "seed: 1\n"), overrides={"bm25.k1": 1.2})
+    assert params.bm25.k1 == 1.2 and params.seed == 1
