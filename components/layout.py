@@ -27,5 +27,23 @@ class Layout:
         return self.runs_dir / system
 
     @property
+    def base_model(self) -> Path:
+        """Shared by every dataset: the converted base LLM checkpoint."""
+        return self.root.parent / "base_model"
+
+    @property
+    def teacher_model(self) -> Path:
+        return self.root / "teacher" / "model"
+
+    @property
+    def teacher_checkpoints(self) -> Path:
+        """Resume points; not a DVC output (DVC would delete it before a rerun)."""
+        return self.root / "teacher" / "checkpoints"
+
+    @property
+    def rank_lists_dir(self) -> Path:
+        return self.root / "rank_lists"
+
+    @property
     def eval_dir(self) -> Path:
         return self.root / "eval"

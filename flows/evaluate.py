@@ -11,8 +11,13 @@ from components import tracking
 from components.atomic import atomic_path, write_text_atomic
 from components.config import load_params
 from components.data.beir import load_beir
-from components.evaluation.report import (evaluate_runs, metrics_json, per_query_frame,
-                                          results_frame, results_markdown)
+from components.evaluation.report import (
+    evaluate_runs,
+    metrics_json,
+    per_query_frame,
+    results_frame,
+    results_markdown,
+)
 from components.layout import Layout
 from flows._stage import StageFailed, run_cli, stage_flow
 

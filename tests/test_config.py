@@ -54,3 +54,11 @@ def test_broken_yaml(tmp_path):
 def test_overrides_apply_dotted_keys(tmp_path):
     params = load_params(_write(tmp_path, "seed: 1\n"), overrides={"bm25.k1": 1.2})
     assert params.bm25.k1 == 1.2 and params.seed == 1
+
+
+@pytest.mark.parametrize("profile", ["params.yaml", "configs/profiles/gpu.yaml"])
+def test_shipped_profiles_are_whole_and_valid(profile):
+    params = load_params(REPO_ROOT / profile)
+    raw = yaml.safe_load((REPO_ROOT / profile).read_text())
+    assert set(raw) == set(params.model_dump())
+    assert params.profile == Path(profile).stem.replace("params", "cpu")

@@ -40,7 +40,9 @@ def _decode_lines(path: Path, problems: list[str]):
             try:
                 yield number, raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                problems.append(f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                problems.append(
+                    f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                )
 
 
 def read_jsonl(path: Path, columns: list[str]) -> pd.DataFrame:
@@ -87,9 +89,13 @@ def read_qrels(path: Path) -> pd.DataFrame:
         if fields == [""]:
             continue
         if len(fields) != 3:
-            problems.append(f"{path}:{number}: expected 3 tab-separated fields, found {len(fields)}")
+            problems.append(
+                f"{path}:{number}: expected 3 tab-separated fields, found {len(fields)}"
+            )
             continue
-        rows.append({"query-id": fields[0], "corpus-id": fields[1], "score": fields[2], "_line": number})
+        rows.append(
+            {"query-id": fields[0], "corpus-id": fields[1], "score": fields[2], "_line": number}
+        )
     if problems:
         raise DataFormatError(problems)
     return pd.DataFrame(rows, columns=[*QRELS_HEADER, "_line"])
@@ -144,12 +150,16 @@ def load_beir(path: str | Path) -> BeirDataset:
     if not qrels_files:
         missing.append(f"{path / 'qrels'}/<split>.tsv")
     if missing:
-        raise FileNotFoundError(f"dataset {path} is not in BEIR layout; missing: {', '.join(missing)}")
+        raise FileNotFoundError(
+            f"dataset {path} is not in BEIR layout; missing: {', '.join(missing)}"
+        )
 
     problems: list[str] = []
     parts = {}
-    readers = [("corpus", lambda: read_jsonl(corpus_file, ["_id", "title", "text"])),
-               ("queries", lambda: read_jsonl(queries_file, ["_id", "text"]))]
+    readers = [
+        ("corpus", lambda: read_jsonl(corpus_file, ["_id", "title", "text"])),
+        ("queries", lambda: read_jsonl(queries_file, ["_id", "text"])),
+    ]
     readers += [(f.stem, lambda f=f: read_qrels(f)) for f in qrels_files]
     for part, reader in readers:
         try:

@@ -24,10 +24,13 @@ SYSTEM_NAMES = {
     "teacher": "BM25 → teacher",
     "rabtriever_rerank": "Rabtriever (rerank@K)",
     "rabtriever_full": "Rabtriever (full corpus)",
+    "bm25_subset": "BM25 (same corpus subset)",
     "gr": "GR (no distillation)",
     "dgr": "DGR",
 }
 BASELINE = "bm25"
+# Shown again on every query subset another system was evaluated on, when their runs cover it.
+REFERENCES = ("bm25", "teacher")
 
 
 @dataclass
@@ -71,17 +74,18 @@ def evaluate_runs(runs_dir: Path, qrels: dict[str, dict[str, dict[str, int]]],
         per_query = per_query_metrics(run, qrels[split], metrics, qids)
         rows.append(Row(split, system, query_set_label(qids, judged), len(qids),
                         mean_metrics(per_query), per_query))
-    # The baseline on every query subset another system was evaluated on.
+    # The reference systems on every query subset another system was evaluated on.
     for row in list(rows):
-        baseline = loaded.get((BASELINE, row.split))
-        exists = any(r.system == BASELINE and r.split == row.split and
-                     r.query_set == row.query_set for r in rows)
-        if baseline is None or exists:
-            continue
         qids = sorted(row.per_query[metrics[0]])
-        per_query = per_query_metrics(baseline, qrels[row.split], metrics, qids)
-        rows.append(Row(row.split, BASELINE, row.query_set, len(qids), mean_metrics(per_query),
-                        per_query))
+        for reference in REFERENCES:
+            run = loaded.get((reference, row.split))
+            exists = any(r.system == reference and r.split == row.split and
+                         r.query_set == row.query_set for r in rows)
+            if run is None or exists or not set(qids) <= set(run):
+                continue
+            per_query = per_query_metrics(run, qrels[row.split], metrics, qids)
+            rows.append(Row(row.split, reference, row.query_set, len(qids),
+                            mean_metrics(per_query), per_query))
     order = {name: i for i, name in enumerate(SYSTEM_NAMES)}
     rows.sort(key=lambda r: (r.split, r.query_set != "all", r.query_set,
                              order.get(r.system, len(order)), r.system))

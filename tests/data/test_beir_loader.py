@@ -18,13 +18,18 @@ def test_loads_good_folder_with_and_without_titles(tmp_path):
 
 def test_title_field_may_be_absent(tmp_path):
     corpus = [{"_id": "x", "text": "no title here"}]
-    dataset = load_beir(write_beir(tmp_path / "ds", corpus=corpus,
-                                   qrels={"test": [("q1", "x", "1")]}))
+    dataset = load_beir(
+        write_beir(tmp_path / "ds", corpus=corpus, qrels={"test": [("q1", "x", "1")]})
+    )
     assert dataset.corpus_dict() == {"x": {"title": "", "text": "no title here"}}
 
 
 def test_malformed_json_line_reported_with_file_and_line(tmp_path):
-    lines = [json.dumps(GOOD_CORPUS[0]), '{"_id": "d2", "text": "broken', json.dumps(GOOD_CORPUS[2])]
+    lines = [
+        json.dumps(GOOD_CORPUS[0]),
+        '{"_id": "d2", "text": "broken',
+        json.dumps(GOOD_CORPUS[2]),
+    ]
     root = write_beir(tmp_path / "ds", corpus_lines=lines)
     with pytest.raises(DataFormatError) as info:
         load_beir(root)
@@ -51,8 +56,10 @@ def test_wrong_qrels_header(tmp_path):
 
 
 def test_bad_tsv_row_and_all_problems_listed(tmp_path):
-    root = write_beir(tmp_path / "ds", qrels={"test": [("q3", "d5", "1"), ("q4", "d4")],
-                                              "train": [("q1", "d1", "1", "extra")]})
+    root = write_beir(
+        tmp_path / "ds",
+        qrels={"test": [("q3", "d5", "1"), ("q4", "d4")], "train": [("q1", "d1", "1", "extra")]},
+    )
     with pytest.raises(DataFormatError) as info:
         load_beir(root)
     message = str(info.value)

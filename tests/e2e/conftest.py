@@ -88,8 +88,33 @@ def repo_copy(tmp_path_factory) -> Path:
     # The bundled data arrive the way they do on a fresh clone: from the in-repo DVC remote.
     run(["dvc", "pull", "--quiet", "data/raw/scifact.dvc"], root)
     write_mini_scifact(root / "data/raw/scifact", root / "data/raw" / MINI)
+    tiny = build_tiny_model(root / "tiny-llm")
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["name"] = MINI
-    params["data"]["eval_queries"] = 20
+    apply_test_profile(params, tiny)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
+
+
+def build_tiny_model(out: Path) -> Path:
+    """A 2-layer random Llama with the real SmolLM2 tokenizer: the model stages' plumbing
+    runs for real in seconds (the numbers it produces mean nothing)."""
+    from transformers import AutoTokenizer
+
+    from components.models.base_model import build_tiny_causal_lm, smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.save_pretrained(out.parent / "tiny-tokenizer")
+    return build_tiny_causal_lm(out.parent / "tiny-tokenizer", out, hidden_size=64)
+
+
+def apply_test_profile(params: dict, tiny_model: Path) -> None:
+    """The small test profile: the mini dataset, the tiny model, a few steps per stage."""
+    params["data"].update(name=MINI, eval_queries=10)
+    params["base_model"]["source"] = str(tiny_model)
+    params["teacher"].update(max_steps=3, global_batch_groups=2, top_layers=1,
+                             checkpoint_every=1, max_doc_tokens=48, bf16=False)
+    params["rank_lists"].update(train_queries=6, depth=5, train_depth=4, top_k_logits=16)
+    params["jepa"].update(epochs=2, predictor_width=64, top_m=2, full_k=20)
+    params["dgr"].update(stage1_steps=3, stage2_steps=2, batch_size=2, num_beams=3,
+                         top_layers=1, num_passages=3, semantic_dims=8)

@@ -1,0 +1,326 @@
+"""The generative retriever: a causal LM reads the query and decodes passage identifiers.
+
+Prompt choice: the query goes through the tokenizer's chat template (system instruction + one user
+turn "Query: ..."), and the identifier is the assistant's reply. The base model is an instruct
+model whose EOS (<|im_end|>) closes an assistant turn, so "identifier + EOS" is exactly a reply
+in the format it already knows; a model without a chat template gets a plain-text layout
+(`components.models.prompts` renders both, as for the teacher). Training builds its inputs with
+the same `QueryPrompt`, so retrieval and training see identical token ids.
+
+Retrieval runs one constrained beam search per view (beam size = ranking depth k; every beam is
+returned), maps each generated identifier to its passages, and fuses the views:
+
+    score(d) = log sum_v w_v * sum_{i in B_v(q), d in D_v(i)} p_v(i | q)
+    p_v(i | q) = exp(l_v(i) - logsumexp_{i' in B_v(q)} l_v(i'))     (normalize=True)
+               = exp(l_v(i))                                          (normalize=False)
+
+with l_v(i) the log-probability of identifier i's token sequence (view prefix, identifier, EOS)
+given the prompt, B_v(q) the beam of view v, D_v(i) the passages sharing identifier i, and w_v
+the view weight. Normalising each view's beam first keeps views with long identifiers (titles)
+from being drowned by views with short ones (semantic codes); a passage found by several views
+or several identifiers accumulates probability mass. Identifiers shared by n passages give each
+the full mass (not 1/n): the model cannot tell them apart, so neither should the ranking.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from components.dgr.identifiers import SEMANTIC_ID, SPAN, TITLE, IdentifierIndex
+from components.dgr.trie import IdentifierTrie, encode_identifier
+from components.models.base_model import load_causal_lm, load_tokenizer
+from components.models.prompts import _split_chat_template  # the teacher's chat rendering
+from components.models.reranker import left_pad
+from components.runs import Run
+
+DGR_PROMPT_VERSION = "dgr-prompt-v1"  # bump on any change to the two strings below
+DGR_SYSTEM = (
+    "You are a search engine. Reply with the identifier of a passage relevant to the query."
+)
+DGR_USER = "Query: {query}"
+
+
+@dataclass
+class RetrieverConfig:
+    """Retrieval knobs; saved next to the model (pyfunc artifact) as JSON."""
+
+    view_weights: dict[str, float] = field(
+        default_factory=lambda: {TITLE: 1.0, SEMANTIC_ID: 1.0, SPAN: 1.0}
+    )  # views searched (weight > 0) and their mixture weights w_v
+    normalize: bool = True  # softmax-normalise each view's beam before mixing (see module doc)
+    max_query_tokens: int = 64  # longer queries (and indexed passage texts) are cut
+    batch_size: int = 8  # queries per generate() call
+    use_chat_template: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "prompt_version": DGR_PROMPT_VERSION}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RetrieverConfig:
+        version = data.get("prompt_version", DGR_PROMPT_VERSION)
+        if version != DGR_PROMPT_VERSION:
+            # A model trained on other prompt text would be queried off-distribution.
+            raise ValueError(
+                f"config is for prompt {version!r}, this code has {DGR_PROMPT_VERSION!r}"
+            )
+        return cls(**{k: v for k, v in data.items() if k != "prompt_version"})
+
+
+class QueryPrompt:
+    """Token ids of the retrieval prompt for a query (or, when indexing, a passage text)."""
+
+    def __init__(self, tokenizer, max_tokens: int = 64, use_chat_template: bool = True):
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        if use_chat_template:
+            self.prefix, self.suffix = _split_chat_template(tokenizer, DGR_SYSTEM)
+        else:
+            self.prefix, self.suffix = DGR_SYSTEM + "\n\n", "\nIdentifier:"
+
+    def truncate(self, text: str) -> str:
+        text = " ".join(text.split())
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= self.max_tokens:
+            return text
+        # A cut inside a multi-byte character decodes to U+FFFD; drop it.
+        return self.tokenizer.decode(ids[: self.max_tokens]).rstrip("\ufffd").rstrip()
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        prompts = [
+            self.prefix + DGR_USER.format(query=self.truncate(t)) + self.suffix for t in texts
+        ]
+        # The chat template holds its own special tokens; adding BOS again would double it.
+        return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class LMBatch:
+    """Left-padded prompt + target rows; `labels` is -100 everywhere except target tokens."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    target_width: int  # longest target: the logits needed are the last target_width + 1
+
+
+def make_lm_batch(
+    prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], pad_id: int
+) -> LMBatch:
+    rows = [list(p) + list(t) for p, t in zip(prompts, targets, strict=True)]
+    input_ids, attention_mask = left_pad(rows, pad_id)
+    labels = torch.full_like(input_ids, -100)
+    for i, target in enumerate(targets):
+        if target:
+            labels[i, -len(target) :] = torch.as_tensor(list(target), dtype=torch.long)
+    return LMBatch(input_ids, attention_mask, labels, max(len(t) for t in targets))
+
+
+def target_logprobs(model: nn.Module, batch: LMBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced log p of every target token: ([N, L] log-probs (0 off target), [N, L] mask).
+
+    Left padding puts every target at the end of its row, so only the last L + 1 positions need
+    the LM head (`logits_to_keep`): with a 49k vocabulary the head over all positions would cost
+    more than the decoder. Positions ids follow the attention mask, as in `generate`, so these
+    scores equal beam-search scores of the same sequences.
+    """
+    device = next(model.parameters()).device
+    width = batch.target_width
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp_min(0)
+    out = model(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask.to(device),
+        position_ids=position_ids.to(device),
+        logits_to_keep=width + 1,
+    )
+    logits = out.logits[:, :-1].float()  # position t predicts token t + 1
+    labels = batch.labels[:, -width:].to(device)
+    nll = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    )
+    return -nll.view(labels.shape), labels != -100
+
+
+def sequence_logprobs(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    pad_id: int,
+) -> torch.Tensor:
+    """[N] sum of log p(target tokens | prompt): differentiable unless called in inference mode."""
+    logprobs, _ = target_logprobs(model, make_lm_batch(prompts, targets, pad_id))
+    return logprobs.sum(-1)
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    top = max(values)
+    if math.isinf(top):
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def aggregate_views(
+    hits: Mapping[str, Sequence[tuple[str, float]]],
+    index: IdentifierIndex,
+    weights: Mapping[str, float],
+    normalize: bool = True,
+) -> dict[str, float]:
+    """Passage scores from per-view beams {view: [(identifier, log-prob), ...]} (see module doc).
+
+    Views with weight <= 0 (or missing from `weights`) are ignored.
+    """
+    terms: dict[str, list[float]] = {}
+    for view, view_hits in hits.items():
+        weight = weights.get(view, 0.0)
+        if weight <= 0 or not view_hits:
+            continue
+        log_z = _logsumexp([lp for _, lp in view_hits]) if normalize else 0.0
+        for identifier, lp in view_hits:
+            for doc_id in index.docs(view, identifier):
+                terms.setdefault(doc_id, []).append(math.log(weight) + lp - log_z)
+    return {doc_id: _logsumexp(values) for doc_id, values in terms.items()}
+
+
+def top_k(scores: Mapping[str, float], k: int) -> list[tuple[str, float]]:
+    return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))[:k]
+
+
+class GenerativeRetriever:
+    """query -> passages by constrained decoding of identifiers; the DGR student at inference."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        trie: IdentifierTrie,
+        index: IdentifierIndex,
+        config: RetrieverConfig | None = None,
+    ):
+        trie.check_tokenizer(tokenizer)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.trie = trie
+        self.index = index
+        self.config = config or RetrieverConfig()
+        self.prompt = QueryPrompt(
+            tokenizer, self.config.max_query_tokens, self.config.use_chat_template
+        )
+        self.pad_id = tokenizer.pad_token_id
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | os.PathLike,
+        trie_path: str | os.PathLike,
+        index_path: str | os.PathLike,
+        config: RetrieverConfig | None = None,
+        device: str | torch.device | None = None,
+    ) -> GenerativeRetriever:
+        return cls(
+            load_causal_lm(model_dir, device=device),
+            load_tokenizer(model_dir),
+            IdentifierTrie.load(trie_path),
+            IdentifierIndex.load(index_path),
+            config,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def identifier_logprob(self, query: str, identifier_token_ids: Sequence[int]) -> torch.Tensor:
+        """log p(identifier tokens | prompt(query)), a 0-dim tensor with gradients when enabled.
+
+        `identifier_token_ids` is a full entry (view prefix + identifier + EOS, as built by
+        `encode_identifier`); the value equals that identifier's beam-search score.
+        """
+        return sequence_logprobs(
+            self.model, self.prompt.encode([query]), [list(identifier_token_ids)], self.pad_id
+        )[0]
+
+    def passage_logprobs(self, query: str, doc_ids: Sequence[str], view: str) -> torch.Tensor:
+        """[n] identifier log-probs of passages (their first identifier in `view`)."""
+        targets = []
+        for doc_id in doc_ids:
+            identifiers = self.index.identifiers(view, doc_id)
+            if not identifiers:
+                raise KeyError(f"passage {doc_id!r} has no identifier in view {view!r}")
+            targets.append(encode_identifier(self.tokenizer, view, identifiers[0]))
+        prompt = self.prompt.encode([query])[0]
+        return sequence_logprobs(self.model, [prompt] * len(targets), targets, self.pad_id)
+
+    @torch.inference_mode()
+    def generate_identifiers(
+        self, queries: Sequence[str], view: str, num_beams: int
+    ) -> list[list[tuple[str, float]]]:
+        """Per query, up to `num_beams` (identifier, log-prob) of `view`, best first."""
+        beams = min(num_beams, self.trie.view_size(view))
+        if beams == 0 or not queries:
+            return [[] for _ in queries]
+        # generate() switches to greedy search (no sequence scores) for one beam; a second beam
+        # that finds nothing valid is dropped below.
+        beams = max(beams, 2)
+        input_ids, attention_mask = left_pad(self.prompt.encode(queries), self.pad_id)
+        prompt_length = input_ids.shape[1]
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            prefix_allowed_tokens_fn=self.trie.prefix_allowed_tokens_fn(prompt_length, view),
+            num_beams=beams,
+            num_return_sequences=beams,
+            max_new_tokens=self.trie.max_length,
+            do_sample=False,
+            length_penalty=0.0,  # raw sum of log-probs, comparable with identifier_logprob
+            early_stopping=False,  # with length_penalty 0 the stop test is then exact
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        results: list[list[tuple[str, float]]] = [[] for _ in queries]
+        eos = self.tokenizer.eos_token_id
+        for row, (tokens, score) in enumerate(
+            zip(
+                out.sequences[:, prompt_length:].tolist(),
+                out.sequences_scores.tolist(),
+                strict=True,
+            )
+        ):
+            if not math.isfinite(score) or eos not in tokens:
+                continue  # a beam that beam search had abandoned (fewer valid ids than beams)
+            entry = tokens[: tokens.index(eos) + 1]
+            seen = {identifier for identifier, _ in results[row // beams]}
+            for key_view, identifier in self.trie.lookup(entry):
+                if key_view == view and identifier not in seen:
+                    results[row // beams].append((identifier, score))
+        for hits in results:
+            hits.sort(key=lambda pair: -pair[1])
+            del hits[num_beams:]
+        return results
+
+    def search(self, queries: Mapping[str, str], k: int = 10) -> Run:
+        """Top-k passages per query id, best first (beam size = k in every searched view)."""
+        weights = self.config.view_weights
+        views = [v for v, w in weights.items() if w > 0 and v in self.trie.view_prefixes]
+        if not views:
+            raise ValueError(f"no view with weight > 0 is in the trie: {weights}")
+        qids = list(queries)
+        run: Run = {}
+        for start in range(0, len(qids), self.config.batch_size):
+            batch = qids[start : start + self.config.batch_size]
+            texts = [queries[q] for q in batch]
+            per_view = {view: self.generate_identifiers(texts, view, k) for view in views}
+            for i, qid in enumerate(batch):
+                hits = {view: per_view[view][i] for view in views}
+                scores = aggregate_views(hits, self.index, weights, self.config.normalize)
+                run[qid] = top_k(scores, k)
+        return run

@@ -1,0 +1,529 @@
+"""Training the generative retriever: stage 1 (standard GR), stage 2 (DGR distillation).
+
+Stage 1 teaches the model to emit identifiers at all: cross-entropy on the identifier tokens of
+  - query examples:    a training query -> each identifier (every view) of each relevant passage;
+  - indexing examples: a passage's own text (cut to `max_doc_tokens`) -> its identifiers,
+so every passage of the corpus is reachable, not only the judged ones (DSI's indexing task).
+Prompt tokens are masked with -100; both kinds go through the one retrieval prompt.
+
+Stage 2 (DGR, Li et al. 2024) distils a teacher's rank list: per training query, m passages from
+the teacher's run (positives from the qrels first, then the teacher's order; see
+`sample_passages`), the student's score of each is the teacher-forced log-probability of its
+identifier in one view (default the semantic id), and
+
+    loss = distill(student scores, teacher order / scores) + alpha * generation loss,
+
+with distill = distilled RankNet (`components.losses.ranknet`) or listwise KL
+(`components.losses.listwise_kl`), and the generation loss the stage-1 cross-entropy of the first
+passage's identifier (the labelled positive, or the teacher's top passage). The teacher is any
+run, so BM25 or a dense run can stand in for the LLM reranker.
+
+Both stages share one plain torch loop (AdamW, linear warmup/decay, gradient clipping). Data
+order is a function of (seed, epoch) alone and the step count fixes the position, so a resumed
+run sees exactly the batches an uninterrupted run would have. Checkpoints (every
+`checkpoint_every` steps) hold the trainable weights (safetensors), the optimizer state and the
+RNG states (torch.save, read back with weights_only=True), and the step count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from components.atomic import atomic_path, write_text_atomic
+from components.dgr.identifiers import SEMANTIC_ID, Corpus, IdentifierIndex
+from components.dgr.retriever import QueryPrompt, make_lm_batch, target_logprobs
+from components.dgr.trie import encode_identifier
+from components.losses.listwise_kl import listwise_kl
+from components.losses.ranknet import distilled_ranknet
+from components.models.base_model import load_causal_lm, load_tokenizer
+from components.runs import Run
+from components.training.deepspeed_trainer import (
+    TrainResult,
+    apply_train_mode,
+    warmup_linear_decay,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DGRTrainParams:
+    """Knobs of one training run of either stage (the flow fills these from params.yaml)."""
+
+    train_mode: Literal["full", "top_layers"] = "full"
+    top_layers: int = 6  # train_mode="top_layers": the last N decoder layers + final norm
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    batch_size: int = 8  # stage 1: examples per step; stage 2: queries (lists) per step
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs when set
+    max_query_tokens: int = 64
+    max_doc_tokens: int = 64  # passage text of an indexing example
+    use_chat_template: bool = True
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+    # Stage 2 only.
+    num_passages: int = 8  # m: passages per query list
+    sampling: Literal["top", "top_random"] = "top"
+    sampling_top: int = 4  # top_random: the teacher's top-a, then random ones from the rest
+    distill_loss: Literal["ranknet", "listwise_kl"] = "ranknet"
+    distill_view: str = SEMANTIC_ID
+    alpha: float = 1.0  # weight of the generation loss
+    temperature: float = 1.0
+    margin: float = 0.0  # ranknet only
+    pair_weighting: Literal["dgr", "delta", "uniform"] = "dgr"  # ranknet only
+
+    def __post_init__(self):
+        if self.train_mode not in ("full", "top_layers"):
+            raise ValueError(f"train_mode must be full or top_layers, got {self.train_mode!r}")
+        if self.sampling not in ("top", "top_random"):
+            raise ValueError(f"sampling must be top or top_random, got {self.sampling!r}")
+        if self.distill_loss not in ("ranknet", "listwise_kl"):
+            raise ValueError(f"distill_loss must be ranknet/listwise_kl: {self.distill_loss!r}")
+        if self.batch_size < 1 or self.num_passages < 1:
+            raise ValueError("batch_size and num_passages must be >= 1")
+
+
+@dataclass
+class StepMetrics:
+    step: int  # optimizer steps done, 1-based
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    elapsed_s: float
+    parts: dict[str, float] = field(default_factory=dict)  # e.g. distill / generation terms
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class GRExample:
+    """One stage-1 example: a source text (query or passage) -> one identifier."""
+
+    source: str
+    view: str
+    identifier: str
+    kind: Literal["query", "index"] = "query"
+
+
+def passage_text(doc: Mapping[str, str]) -> str:
+    return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
+
+
+def stage1_examples(
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    corpus: Corpus,
+    index: IdentifierIndex,
+    views: Sequence[str] | None = None,
+    indexing: bool = True,
+) -> list[GRExample]:
+    """Query examples for every relevant (grade > 0) passage, plus one indexing example per
+    passage and identifier, in `views` (default: all views of the index)."""
+    views = list(views) if views is not None else index.views
+    examples = []
+    for qid, judged in qrels.items():
+        if qid not in queries:
+            continue
+        for doc_id, grade in judged.items():
+            if grade > 0:
+                examples += [
+                    GRExample(queries[qid], view, identifier, "query")
+                    for view in views
+                    for identifier in index.identifiers(view, doc_id)
+                ]
+    if indexing:
+        for doc_id, doc in corpus.items():
+            text = passage_text(doc)
+            examples += [
+                GRExample(text, view, identifier, "index")
+                for view in views
+                for identifier in index.identifiers(view, doc_id)
+            ]
+    return examples
+
+
+@dataclass(frozen=True)
+class DistillList:
+    """One stage-2 list: m passages in the order the student must learn (index 0 best)."""
+
+    qid: str
+    query: str
+    doc_ids: tuple[str, ...]
+    teacher_scores: tuple[float, ...]
+
+
+def sample_passages(
+    ranked: Sequence[tuple[str, float]],
+    positives: Sequence[str],
+    m: int,
+    sampling: str = "top",
+    top: int = 4,
+    rng: random.Random | None = None,
+) -> list[tuple[str, float]]:
+    """m (doc id, teacher score) from a teacher list sorted best first; positives kept on top.
+
+    Positives come first (in the teacher's order; those the teacher missed after them, with the
+    list's best score as their teacher score). The remaining slots take the teacher's next
+    passages ("top"), or its next `top` ones plus a uniform sample of the rest ("top_random",
+    which shows the student some easier negatives), always in the teacher's order.
+    """
+    scores = dict(ranked)
+    best = ranked[0][1] if ranked else 0.0
+    positive_set = set(positives)
+    head = [(d, s) for d, s in ranked if d in positive_set]
+    head += [(d, best) for d in positives if d not in scores]
+    head = head[:m]
+    rest = [(d, s) for d, s in ranked if d not in positive_set]
+    slots = m - len(head)
+    if sampling == "top" or len(rest) <= slots:
+        return head + rest[:slots]
+    fixed = min(top, slots)
+    rng = rng or random.Random(0)
+    picked = sorted(rng.sample(range(fixed, len(rest)), slots - fixed))
+    return head + rest[:fixed] + [rest[i] for i in picked]
+
+
+def stage2_lists(
+    queries: Mapping[str, str],
+    teacher_run: Run,
+    index: IdentifierIndex,
+    params: DGRTrainParams,
+    qrels: Mapping[str, Mapping[str, int]] | None = None,
+    epoch: int = 0,
+) -> list[DistillList]:
+    """One list per query that is in both `queries` and `teacher_run`, with >= 2 passages.
+
+    Only passages with an identifier in `params.distill_view` can be scored, so the others are
+    left out. Random sampling is seeded by (seed, epoch, qid): each epoch sees a fresh sample, and
+    a resumed run the same one.
+    """
+    lists = []
+    for qid in sorted(set(queries) & set(teacher_run)):
+        ranked = sorted(teacher_run[qid], key=lambda pair: (-pair[1], pair[0]))
+        ranked = [(d, s) for d, s in ranked if index.identifiers(params.distill_view, d)]
+        judged = (qrels or {}).get(qid, {})
+        positives = [
+            d
+            for d, g in sorted(judged.items(), key=lambda kv: (-kv[1], kv[0]))
+            if g > 0 and index.identifiers(params.distill_view, d)
+        ]
+        rng = random.Random(f"{params.seed}/{epoch}/{qid}")
+        chosen = sample_passages(
+            ranked, positives, params.num_passages, params.sampling, params.sampling_top, rng
+        )
+        if len(chosen) >= 2:
+            doc_ids, scores = zip(*chosen, strict=True)
+            lists.append(DistillList(qid, queries[qid], tuple(doc_ids), tuple(scores)))
+    return lists
+
+
+def epoch_batches(n: int, epoch: int, seed: int, batch_size: int) -> list[list[int]]:
+    """A seeded permutation of range(n) in batches (the last one may be shorter)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+# --------------------------------------------------------------------------------- losses
+
+
+def generation_loss(model: nn.Module, prompts, targets, pad_id: int) -> torch.Tensor:
+    """Token-mean cross-entropy of `targets` given `prompts` (prompt tokens masked, -100)."""
+    logprobs, mask = target_logprobs(model, make_lm_batch(prompts, targets, pad_id))
+    return -logprobs.sum() / mask.sum().clamp_min(1)
+
+
+class _Stage1:
+    """Tokenised stage-1 examples and the loss of a batch of them."""
+
+    def __init__(self, examples: Sequence[GRExample], tokenizer, params: DGRTrainParams):
+        if not examples:
+            raise ValueError("stage 1 needs at least one example")
+        query_prompt = QueryPrompt(tokenizer, params.max_query_tokens, params.use_chat_template)
+        doc_prompt = QueryPrompt(tokenizer, params.max_doc_tokens, params.use_chat_template)
+        self.prompts = [
+            (query_prompt if e.kind == "query" else doc_prompt).encode([e.source])[0]
+            for e in examples
+        ]
+        self.targets = [encode_identifier(tokenizer, e.view, e.identifier) for e in examples]
+        self.pad_id = tokenizer.pad_token_id
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def loss(self, model, indices: Sequence[int], epoch: int) -> tuple[torch.Tensor, dict]:
+        prompts = [self.prompts[i] for i in indices]
+        targets = [self.targets[i] for i in indices]
+        return generation_loss(model, prompts, targets, self.pad_id), {}
+
+
+@torch.no_grad()
+def evaluate_stage1(
+    model: nn.Module, tokenizer, examples: Sequence[GRExample], params: DGRTrainParams
+) -> float:
+    """Token-mean identifier cross-entropy over `examples` (e.g. a held-out set), in batches."""
+    data = _Stage1(examples, tokenizer, params)
+    total, tokens = 0.0, 0
+    for start in range(0, len(data), params.batch_size):
+        rows = range(start, min(start + params.batch_size, len(data)))
+        batch = make_lm_batch(
+            [data.prompts[i] for i in rows], [data.targets[i] for i in rows], data.pad_id
+        )
+        logprobs, mask = target_logprobs(model, batch)
+        total, tokens = total - logprobs.sum().item(), tokens + int(mask.sum())
+    return total / max(tokens, 1)
+
+
+class _Stage2:
+    """Stage-2 lists (re-sampled per epoch) and the DGR loss of a batch of them."""
+
+    def __init__(self, make_lists: Callable[[int], list[DistillList]], tokenizer, index, params):
+        self.make_lists = make_lists
+        self.tokenizer = tokenizer
+        self.index = index
+        self.params = params
+        self.prompt = QueryPrompt(tokenizer, params.max_query_tokens, params.use_chat_template)
+        self._epoch, self._lists = 0, make_lists(0)
+        if not self._lists:
+            raise ValueError("stage 2 needs at least one query with >= 2 scorable passages")
+
+    def __len__(self) -> int:
+        return len(self._lists)
+
+    def lists(self, epoch: int) -> list[DistillList]:
+        if epoch != self._epoch:
+            self._epoch, self._lists = epoch, self.make_lists(epoch)
+        return self._lists
+
+    def loss(self, model, indices: Sequence[int], epoch: int) -> tuple[torch.Tensor, dict]:
+        p = self.params
+        lists = self.lists(epoch)  # as many per epoch: only the sampled negatives change
+        batch = [lists[i] for i in indices]
+        prompts, targets = [], []
+        for item in batch:
+            prompt = self.prompt.encode([item.query])[0]
+            for doc_id in item.doc_ids:
+                identifier = self.index.identifiers(p.distill_view, doc_id)[0]
+                prompts.append(prompt)
+                targets.append(encode_identifier(self.tokenizer, p.distill_view, identifier))
+        logprobs, mask = target_logprobs(
+            model, make_lm_batch(prompts, targets, self.tokenizer.pad_token_id)
+        )
+        flat_scores = logprobs.sum(-1)
+        width = max(len(item.doc_ids) for item in batch)
+        scores = flat_scores.new_zeros(len(batch), width)
+        teacher = torch.zeros(len(batch), width)
+        real = torch.zeros(len(batch), width, dtype=torch.bool)
+        first_rows, offset = [], 0
+        for b, item in enumerate(batch):
+            n = len(item.doc_ids)
+            scores[b, :n] = flat_scores[offset : offset + n]
+            teacher[b, :n] = torch.tensor(item.teacher_scores)
+            real[b, :n] = True
+            first_rows.append(offset)
+            offset += n
+        if p.distill_loss == "ranknet":
+            distill = distilled_ranknet(scores, p.temperature, p.margin, p.pair_weighting, real)
+        else:
+            distill = listwise_kl(scores, teacher, p.temperature, mask=real)
+        # Generation term: the stage-1 cross-entropy of each list's first (best) passage.
+        generation = -logprobs[first_rows].sum() / mask[first_rows].sum().clamp_min(1)
+        loss = distill + p.alpha * generation
+        return loss, {"distill": distill.item(), "generation": generation.item()}
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def train_stage1(
+    base_model_dir: str | Path,
+    examples: Sequence[GRExample],
+    params: DGRTrainParams,
+    checkpoint_dir: str | Path,
+    output_dir: str | Path,
+    on_step: Callable[[StepMetrics], None] | None = None,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Standard GR training of the model at `base_model_dir`; the result goes to `output_dir`."""
+    tokenizer = load_tokenizer(base_model_dir)
+    task = _Stage1(examples, tokenizer, params)
+    return _train(
+        base_model_dir, task, params, checkpoint_dir, output_dir, on_step, stop_after_steps
+    )
+
+
+def train_stage2(
+    base_model_dir: str | Path,
+    queries: Mapping[str, str],
+    teacher_run: Run,
+    index: IdentifierIndex,
+    params: DGRTrainParams,
+    checkpoint_dir: str | Path,
+    output_dir: str | Path,
+    qrels: Mapping[str, Mapping[str, int]] | None = None,
+    on_step: Callable[[StepMetrics], None] | None = None,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """DGR distillation of `teacher_run` into the (stage-1 trained) model at `base_model_dir`."""
+    tokenizer = load_tokenizer(base_model_dir)
+
+    def make_lists(epoch: int) -> list[DistillList]:
+        return stage2_lists(queries, teacher_run, index, params, qrels, epoch)
+
+    task = _Stage2(make_lists, tokenizer, index, params)
+    return _train(
+        base_model_dir, task, params, checkpoint_dir, output_dir, on_step, stop_after_steps
+    )
+
+
+def _train(
+    base_model_dir, task, params: DGRTrainParams, checkpoint_dir, output_dir, on_step, stop_after
+) -> TrainResult:
+    _seed_everything(params.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = apply_train_mode(load_causal_lm(base_model_dir, device=device), params)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
+
+    steps_per_epoch = math.ceil(len(task) / params.batch_size)
+    total_steps = params.max_steps or params.epochs * steps_per_epoch
+    lr_factor = warmup_linear_decay(total_steps, int(params.warmup_ratio * total_steps))
+    checkpoint_dir = Path(checkpoint_dir)
+    step = _load_checkpoint(checkpoint_dir, model, optimizer)
+    if step:
+        log.info("resumed from %s at step %d", checkpoint_dir, step)
+
+    losses: list[float] = []
+    started = time.perf_counter()
+    batches_epoch, batches = -1, []
+    while step < total_steps:
+        epoch, position = divmod(step, steps_per_epoch)
+        if epoch != batches_epoch:
+            batches_epoch = epoch
+            batches = epoch_batches(len(task), epoch, params.seed, params.batch_size)
+        lr = params.lr * lr_factor(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, parts = task.loss(model, batches[position], epoch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if params.grad_clip:
+            nn.utils.clip_grad_norm_(trainable, params.grad_clip)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        if on_step is not None:
+            metrics = StepMetrics(
+                step, total_steps, epoch, loss.item(), lr, time.perf_counter() - started, parts
+            )
+            on_step(metrics)
+        stopping = stop_after is not None and len(losses) >= stop_after and step < total_steps
+        if step % params.checkpoint_every == 0 or stopping:
+            _save_checkpoint(checkpoint_dir, model, optimizer, step, params.keep_checkpoints)
+        if stopping:
+            break
+
+    completed = step >= total_steps
+    out = None
+    if completed:
+        out = Path(output_dir)
+        with atomic_path(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            load_tokenizer(base_model_dir).save_pretrained(tmp)
+    return TrainResult(step, total_steps, completed, out, losses)
+
+
+# ------------------------------------------------------------------------ checkpointing
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    """RNG states as tensors and plain values only: `torch.load(weights_only=True)` reads them."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    # named_parameters() lists a tied weight once, which safetensors requires.
+    return {
+        name: p.detach().cpu().contiguous()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def _save_checkpoint(checkpoint_dir: Path, model, optimizer, step: int, keep: int) -> None:
+    tag = f"step{step:08d}"
+    with atomic_path(checkpoint_dir / tag) as tmp:
+        tmp.mkdir(parents=True)
+        save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step}))
+    # `latest` is written last: a checkpoint it names is always complete.
+    write_text_atomic(checkpoint_dir / "latest", tag)
+    for old in sorted(p for p in checkpoint_dir.glob("step*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(checkpoint_dir: Path, model, optimizer) -> int:
+    """Restore the latest checkpoint into `model` and `optimizer`; the step it was taken at."""
+    latest = checkpoint_dir / "latest"
+    if not latest.is_file():
+        return 0
+    folder = checkpoint_dir / latest.read_text().strip()
+    weights = load_file(str(folder / "trainable.safetensors"))
+    expected = set(_trainable_state(model))
+    if set(weights) != expected:
+        missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise RuntimeError(
+            f"checkpoint {folder} holds other parameters than the model trains "
+            f"(missing {missing[:3]}, extra {extra[:3]}); was train_mode changed?"
+        )
+    model.load_state_dict(weights, strict=False)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    _set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+    return json.loads((folder / "state.json").read_text())["step"]

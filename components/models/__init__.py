@@ -1,0 +1,1 @@
+"""Models: the teacher's base checkpoint, its prompt, and the LLM reranker."""

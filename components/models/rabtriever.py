@@ -1,0 +1,597 @@
+"""Rabtriever: the teacher reranker turned into a retriever by a small predictor (JEPA student).
+
+Every LLM parameter stays frozen (the student *is* the trained teacher); the only trainable part
+is a `Predictor` between the last decoder layer and the final norm + LM head:
+
+    query  --LLM(build_query_prompt)-->    q  (last decoder layer output at the answer position,
+                                               BEFORE the final norm: the LM head's input space)
+    doc    --LLM(build_document_prompt)--> d  (post-norm states, pooled over the document tokens)
+    predictor(q, d)                     -> q' (predicted context-aware query state, pre-norm)
+    score = log p(Yes) - log p(No) of  lm_head(final_norm(q'))     (read out as the teacher does)
+
+Documents are encoded once, without any query, so a corpus is embedded offline; per query the
+LLM runs once and the predictor (a few million parameters) runs once per candidate. The training
+target is the teacher's own answer-position state with the document in the prompt
+(`LLMReranker.forward_pair_states(...).hidden`, which is AFTER the final norm): the student's
+prediction is compared to it after the same frozen norm (see `components/losses/jepa.py`).
+
+Why these spaces:
+- q is taken before the final norm because the prediction is a residual update of q and must
+  live where the teacher's last layer writes (the norm + head then read it exactly as they read
+  the teacher's state).
+- d is pooled after the final norm: before it, a few tokens (BOS, chat markers) carry "massive
+  activations" hundreds of times larger than the rest, and a mean would be dominated by those
+  document-independent tokens. The per-token RMS normalisation removes that.
+- Losses compare post-norm vectors: the RMSNorm is scale-invariant, so the norm of a pre-norm
+  state never reaches the LM head; matching it would spend capacity on nothing.
+
+On disk (`Rabtriever.save`): `predictor.safetensors`, `rabtriever.json` (predictor config,
+pooling, prompt template and answer ids); a document index is `doc_embeddings.npy` (float32,
+row i = `doc_ids.json`[i]) plus `doc_index.json` (what the rows were encoded with, checked on
+load). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from components.atomic import atomic_path
+from components.models.base_model import load_causal_lm, load_tokenizer
+from components.models.prompts import (
+    AnswerTokens,
+    PromptBuilder,
+    PromptTemplate,
+    resolve_answer_token_ids,
+)
+from components.models.reranker import bf16_available, left_pad, yes_no_score
+from components.runs import Run
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "last")
+PREDICTOR_FORMS = ("mlp", "film")
+FORMAT_VERSION = 1
+PREDICTOR_FILE = "predictor.safetensors"
+CONFIG_FILE = "rabtriever.json"
+EMBEDDINGS_FILE = "doc_embeddings.npy"
+DOC_IDS_FILE = "doc_ids.json"
+INDEX_META_FILE = "doc_index.json"
+
+
+# --------------------------------------------------------------------------------------------
+# The trainable part
+# --------------------------------------------------------------------------------------------
+
+
+class Predictor(nn.Module):
+    """Maps a query state q, conditioned on a document embedding d, to a predicted pair state.
+
+        q' = q + rms(q) * W_out h(LN(q), LN(d)),     W_out initialised to zero
+
+    form="mlp" (default): h = MLP([q; d; q*d]). The element-wise product is the cheapest explicit
+        query-document interaction (as in InferSent/ESIM matching features); a plain [q; d]
+        concatenation would need a much wider MLP to approximate multiplicative effects. The first
+        layer is split into W_q q + W_d d + W_qd (q*d), so in a corpus scan the W_q q term is
+        computed once per query, not once per document.
+    form="film": h = GELU(W_q q) * (1 + gamma(d)) + beta(d) (FiLM: the document rescales and
+        shifts the query's features). About the same size at the same width; the interaction is
+        limited to a per-feature scale and shift, a weaker but smoother conditioning.
+
+    Why the residual and the zero init: at initialisation q' = q, so the student starts as the
+    teacher judging the query with no document (a sane score), and training only has to learn
+    what the document changes. Why scale by rms(q): the final RMSNorm divides by rms anyway, so
+    expressing the update in units of rms(q) makes the predictor's output scale independent of
+    the residual stream's magnitude, which differs by orders of magnitude across models.
+
+    Size: hidden 576 (SmolLM2), width 1024, depth 1, mlp -> about 2.4M parameters.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        width: int = 1024,
+        depth: int = 1,
+        form: str = "mlp",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if form not in PREDICTOR_FORMS:
+            raise ValueError(f"predictor form must be one of {PREDICTOR_FORMS}, got {form!r}")
+        if depth < 1 or width < 1:
+            raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
+        self.hidden_size, self.width, self.depth = hidden_size, width, depth
+        self.form, self.dropout = form, dropout
+        self.norm_q = nn.LayerNorm(hidden_size)
+        self.norm_d = nn.LayerNorm(hidden_size)
+        self.in_q = nn.Linear(hidden_size, width)
+        if form == "mlp":
+            self.in_d = nn.Linear(hidden_size, width, bias=False)
+            self.in_qd = nn.Linear(hidden_size, width, bias=False)
+        else:
+            self.film = nn.Linear(hidden_size, 2 * width)
+            # Identity modulation at init: (1 + gamma) = 1, beta = 0.
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+        blocks: list[nn.Module] = []
+        for _ in range(depth - 1):
+            blocks += [nn.Linear(width, width), nn.GELU(), nn.Dropout(dropout)]
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Linear(width, hidden_size)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "hidden_size": self.hidden_size,
+            "width": self.width,
+            "depth": self.depth,
+            "form": self.form,
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Predictor:
+        return cls(**config)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, query: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
+        """query [B, H] or [1, H] (broadcast over documents), doc [B, H] -> prediction [B, H]."""
+        q, d = self.norm_q(query), self.norm_d(doc)
+        if self.form == "mlp":
+            h = F.gelu(self.in_q(q) + self.in_d(d) + self.in_qd(q * d))
+        else:
+            gamma, beta = self.film(d).chunk(2, dim=-1)
+            h = F.gelu(self.in_q(q)) * (1 + gamma) + beta
+        h = self.blocks(F.dropout(h, self.dropout, self.training))
+        scale = query.pow(2).mean(-1, keepdim=True).sqrt()
+        return query + scale * self.out(h)
+
+
+class RabtrieverScorer(nn.Module):
+    """The teacher's readout applied to a predicted state: frozen final norm + LM head.
+
+    Holds references to the LLM's own (frozen) modules, not copies. Scores need only the two
+    answer-token rows of the LM head ([2, H] instead of [V, H]); the full vocabulary is computed
+    only for the reverse-KL loss. Everything is returned in fp32.
+    """
+
+    def __init__(self, norm: nn.Module, lm_head: nn.Module, answer_tokens: AnswerTokens):
+        super().__init__()
+        self.norm = norm
+        self.lm_head = lm_head
+        self.answer_tokens = answer_tokens
+
+    @classmethod
+    def from_model(cls, model: nn.Module, answer_tokens: AnswerTokens) -> RabtrieverScorer:
+        return cls(final_norm(model), model.get_output_embeddings(), answer_tokens)
+
+    def normalize(self, pred: torch.Tensor) -> torch.Tensor:
+        """Pre-norm [.., H] -> what the LM head consumes (comparable to `PairStates.hidden`)."""
+        return self.norm(pred).float()
+
+    def answer_logits(self, pred: torch.Tensor) -> torch.Tensor:
+        """[.., 2] (yes, no) logits from a pre-norm prediction, via the two head rows only."""
+        ids = torch.as_tensor(self.answer_tokens.ids, device=pred.device)
+        weight = self.lm_head.weight[ids].float()
+        bias = getattr(self.lm_head, "bias", None)
+        return F.linear(self.normalize(pred), weight, None if bias is None else bias[ids].float())
+
+    def vocab_logits(self, pred: torch.Tensor) -> torch.Tensor:
+        """[.., V] full-vocabulary logits (for the reverse-KL loss)."""
+        return self.lm_head(self.normalize(pred).to(self.lm_head.weight.dtype)).float()
+
+    def score(self, pred: torch.Tensor) -> torch.Tensor:
+        """log p(Yes) - log p(No), exactly the teacher's score function."""
+        return yes_no_score(self.answer_logits(pred))
+
+
+def predictor_state(predictor: Predictor) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors: what safetensors accepts."""
+    return {k: v.detach().cpu().contiguous() for k, v in predictor.state_dict().items()}
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    norm = getattr(model.get_decoder(), "norm", None)
+    if norm is None:
+        raise ValueError(f"{type(model).__name__} has no final norm at .get_decoder().norm")
+    return norm
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Every LLM parameter frozen, eval mode (no dropout): the student is the teacher."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding queries and documents with the frozen LLM
+# --------------------------------------------------------------------------------------------
+
+
+def _tokenize(tokenizer, prompts: list[str]) -> list[list[int]]:
+    # The chat template already holds BOS-like markers; adding special tokens would double them.
+    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
+
+def _length_batches(
+    rows: Sequence[Sequence[int]], batch_size: int, tokenizer, model: nn.Module
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(input positions, ids, mask) in batches of similar length (little padding); left-padded."""
+    device = _device(model)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        ids, mask = left_pad([rows[i] for i in index], tokenizer.pad_token_id)
+        yield index, ids.to(device), mask.to(device)
+
+
+def _final_states(
+    model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, autocast_bf16: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pre-norm, post-norm) final states at every position, [B, T, H] each, fp32.
+
+    Position ids from the mask, as `reranker.answer_logits` computes them: the query state must
+    be the very state the teacher computes for the same prompt.
+    """
+    decoder = model.get_decoder()
+    captured: list[torch.Tensor] = []
+    hook = final_norm(model).register_forward_hook(lambda _m, args, _o: captured.append(args[0]))
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    try:
+        with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            post = decoder(
+                input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+    finally:
+        hook.remove()
+    return captured[0].float(), post.float()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def encode_queries(
+    model: nn.Module,
+    tokenizer,
+    builder: PromptBuilder,
+    queries: Sequence[str],
+    batch_size: int = 16,
+    autocast_bf16: bool = False,
+) -> torch.Tensor:
+    """[N, H] fp32 (CPU): each query's `build_query_prompt` state at the answer position (the
+    last token), taken BEFORE the final norm, in input order."""
+    hidden = model.config.hidden_size
+    out = torch.zeros(len(queries), hidden)
+    rows = _tokenize(tokenizer, [builder.build_query_prompt(q) for q in queries])
+    for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
+        pre, _ = _final_states(model, ids, mask, autocast_bf16)
+        out[index] = pre[:, -1].cpu()
+    return out
+
+
+@torch.inference_mode()
+def encode_documents(
+    model: nn.Module,
+    tokenizer,
+    builder: PromptBuilder,
+    documents: Sequence[str],
+    batch_size: int = 16,
+    pooling: str = "mean",
+    autocast_bf16: bool = False,
+) -> torch.Tensor:
+    """[N, H] fp32 (CPU): each document's `build_document_prompt` states AFTER the final norm,
+    pooled, in input order.
+
+    pooling="mean": over the document's own tokens (the label and text); the chat prefix (system
+    prompt, role markers) is the same for every document and would only dilute the mean.
+    pooling="last": the last token's state (a causal LM's summary of everything before it).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    out = torch.zeros(len(documents), model.config.hidden_size)
+    rows = _tokenize(tokenizer, [builder.build_document_prompt(d) for d in documents])
+    prefix_ids = _tokenize(tokenizer, [builder.chat_prefix])[0]
+    # Skip the prefix only where it tokenised as a token prefix of the row (BPE could merge across
+    # the boundary); otherwise pool over the whole row rather than guess.
+    skip = [len(prefix_ids) if list(r[: len(prefix_ids)]) == prefix_ids else 0 for r in rows]
+    for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
+        _, post = _final_states(model, ids, mask, autocast_bf16)
+        if pooling == "last":
+            out[index] = post[:, -1].cpu()
+            continue
+        position = mask.cumsum(-1) - 1  # index within the row's real tokens; -1 on padding
+        first = torch.as_tensor([skip[i] for i in index], device=ids.device)[:, None]
+        keep = (mask.bool() & (position >= first)).float()
+        keep[keep.sum(-1) == 0] = mask[keep.sum(-1) == 0].float()  # a document with no tokens
+        pooled = (post * keep[..., None]).sum(1) / keep.sum(-1, keepdim=True)
+        out[index] = pooled.cpu()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The retriever
+# --------------------------------------------------------------------------------------------
+
+
+class Rabtriever:
+    """Frozen teacher LLM + predictor + (optionally) a stored document index.
+
+    The same small interface as the teacher: `rerank` a candidate list, `search` the corpus.
+    Documents are referred to by id: their embeddings are computed once by `index_corpus`.
+    The model passed in is frozen in place (requires_grad off, eval mode). `predictor=None`
+    gives a fresh `Predictor(hidden_size)`, which scores exactly as the teacher does on the
+    query alone until trained.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        template: PromptTemplate,
+        predictor: Predictor | None = None,
+        max_doc_tokens: int | None = 192,
+        pooling: str = "mean",
+        bf16: bool = False,
+        device: str | torch.device | None = None,
+    ):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.device = torch.device(device) if device is not None else _device(model)
+        self.model = freeze(model.to(self.device))
+        self.tokenizer = tokenizer
+        self.template = template
+        self.max_doc_tokens = max_doc_tokens
+        self.pooling = pooling
+        self.prompts = PromptBuilder(template, tokenizer, max_doc_tokens)
+        self.answer_tokens = resolve_answer_token_ids(tokenizer, template)
+        hidden = model.config.hidden_size
+        self.predictor = (predictor or Predictor(hidden)).to(self.device).eval()
+        if self.predictor.hidden_size != hidden:
+            raise ValueError(f"predictor hidden {self.predictor.hidden_size} != model {hidden}")
+        self.scorer = RabtrieverScorer.from_model(self.model, self.answer_tokens)
+        self.bf16 = bf16 and bf16_available(self.device)
+        if bf16 and not self.bf16:
+            log.warning("bf16 asked for, but %s lacks native bf16; using fp32", self.device)
+        self.doc_ids: list[str] = []
+        self.doc_embeddings = torch.zeros(0, hidden)
+        self._row: dict[str, int] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        task: str = "default",
+        template: PromptTemplate | None = None,
+        predictor: Predictor | None = None,
+        **kw,
+    ) -> Rabtriever:
+        """A student on the (trained) teacher checkpoint at `path`; see `load` for a saved one."""
+        template = template or PromptTemplate.load(task)
+        return cls(load_causal_lm(path), load_tokenizer(path), template, predictor, **kw)
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    def encode_queries(self, queries: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        return encode_queries(
+            self.model, self.tokenizer, self.prompts, queries, batch_size, self.bf16
+        )
+
+    def encode_documents(self, documents: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        return encode_documents(
+            self.model, self.tokenizer, self.prompts, documents, batch_size, self.pooling, self.bf16
+        )
+
+    def index_corpus(self, corpus: Mapping[str, str], batch_size: int = 16) -> None:
+        """Encode and store every document (doc id -> text); replaces any previous index."""
+        ids = list(corpus)
+        self.set_index(ids, self.encode_documents([corpus[i] for i in ids], batch_size))
+
+    def set_index(self, doc_ids: Sequence[str], embeddings: torch.Tensor | np.ndarray) -> None:
+        embeddings = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        if embeddings.shape != (len(doc_ids), self.predictor.hidden_size):
+            raise ValueError(
+                f"embeddings {tuple(embeddings.shape)} do not match {len(doc_ids)} ids x "
+                f"hidden {self.predictor.hidden_size}"
+            )
+        if len(set(doc_ids)) != len(doc_ids):
+            raise ValueError("duplicate document ids in the index")
+        self.doc_ids = list(doc_ids)
+        self.doc_embeddings = embeddings
+        self._row = {d: i for i, d in enumerate(self.doc_ids)}
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score(
+        self, query_emb: torch.Tensor, doc_embs: torch.Tensor, batch_size: int = 4096
+    ) -> torch.Tensor:
+        """[H] query state, [N, H] document embeddings -> [N] scores (CPU, fp32)."""
+        query = query_emb.reshape(1, -1).to(self.device, torch.float32)
+        scores = torch.empty(len(doc_embs))
+        for start in range(0, len(doc_embs), batch_size):
+            docs = doc_embs[start : start + batch_size].to(self.device, torch.float32)
+            scores[start : start + len(docs)] = self.scorer.score(self.predictor(query, docs)).cpu()
+        return scores
+
+    def rerank(
+        self, query_text: str, candidate_ids: Sequence[str], batch_size: int = 4096
+    ) -> list[tuple[str, float]]:
+        """Indexed candidates -> [(docid, score)], best first (ties broken by docid)."""
+        if not candidate_ids:
+            return []
+        missing = [d for d in candidate_ids if d not in self._row]
+        if missing:
+            raise KeyError(f"{len(missing)} candidates are not in the index, e.g. {missing[:3]}")
+        rows = torch.as_tensor([self._row[d] for d in candidate_ids])
+        query = self.encode_queries([query_text])[0]
+        scores = self.score(query, self.doc_embeddings[rows], batch_size)
+        ranked = [(d, float(s)) for d, s in zip(candidate_ids, scores, strict=True)]
+        return sorted(ranked, key=lambda pair: (-pair[1], pair[0]))
+
+    def search(
+        self, query_text: str, k: int = 100, batch_size: int = 4096
+    ) -> list[tuple[str, float]]:
+        """Exact full-corpus scan: the predictor scores every indexed document, top k kept.
+
+        No ANN index: the score is not an inner product, so FAISS could not search it anyway;
+        a scan is O(corpus) predictor calls, cheap next to one LLM forward for a mid-size corpus.
+        """
+        if not self.doc_ids:
+            raise RuntimeError("no document index: call index_corpus, set_index or load_index")
+        query = self.encode_queries([query_text])[0]
+        scores = self.score(query, self.doc_embeddings, batch_size)
+        top = torch.topk(scores, min(k, len(scores))).indices.tolist()
+        ranked = [(self.doc_ids[i], float(scores[i])) for i in top]
+        return sorted(ranked, key=lambda pair: (-pair[1], pair[0]))
+
+    def search_run(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """qid -> top-k [(docid, score)] for every query (components.runs format)."""
+        return {qid: self.search(text, k) for qid, text in queries.items()}
+
+    def rerank_run(self, queries: Mapping[str, str], run: Run, depth: int = 100) -> Run:
+        """Rerank each query's top `depth` candidates of a first-stage run (candidates missing
+        from the index are dropped: index the whole corpus the run was made from)."""
+        return {
+            qid: self.rerank(queries[qid], [d for d, _ in ranked[:depth] if d in self._row])
+            for qid, ranked in run.items()
+            if qid in queries
+        }
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "predictor": self.predictor.config,
+            "pooling": self.pooling,
+            "max_doc_tokens": self.max_doc_tokens,
+            "template": asdict(self.template),
+            "template_fingerprint": self.template.fingerprint(),
+            "answer_token_ids": self.answer_tokens.ids,
+        }
+
+    def index_meta(self) -> dict[str, Any]:
+        """What the stored embeddings depend on; a mismatch on load means re-encode."""
+        return {
+            "format": FORMAT_VERSION,
+            "pooling": self.pooling,
+            "max_doc_tokens": self.max_doc_tokens,
+            "template_fingerprint": self.template.fingerprint(),
+            "hidden_size": self.predictor.hidden_size,
+            "count": len(self.doc_ids),
+        }
+
+    def save(self, path: str | Path, with_index: bool = True) -> Path:
+        """Predictor weights + config (and the index, if any and asked for), atomically."""
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.mkdir(parents=True)
+            save_file(predictor_state(self.predictor), tmp / PREDICTOR_FILE)
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+            if with_index and self.doc_ids:
+                self._write_index(tmp)
+        return path
+
+    def save_index(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.mkdir(parents=True)
+            self._write_index(tmp)
+        return path
+
+    def _write_index(self, folder: Path) -> None:
+        np.save(folder / EMBEDDINGS_FILE, self.doc_embeddings.numpy().astype(np.float32))
+        (folder / DOC_IDS_FILE).write_text(json.dumps(self.doc_ids))
+        (folder / INDEX_META_FILE).write_text(json.dumps(self.index_meta(), indent=2))
+
+    def load_index(self, path: str | Path) -> None:
+        path = Path(path)
+        meta = json.loads((path / INDEX_META_FILE).read_text())
+        expected = self.index_meta()
+        for key in ("pooling", "max_doc_tokens", "template_fingerprint", "hidden_size"):
+            if meta.get(key) != expected[key]:
+                raise ValueError(
+                    f"document index {path} was encoded with {key}={meta.get(key)!r}, this "
+                    f"model uses {expected[key]!r}: re-encode the corpus"
+                )
+        embeddings = np.load(path / EMBEDDINGS_FILE, allow_pickle=False)
+        self.set_index(json.loads((path / DOC_IDS_FILE).read_text()), embeddings)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        model_path: str | Path | None = None,
+        model: nn.Module | None = None,
+        tokenizer=None,
+        index_path: str | Path | None = None,
+        bf16: bool = False,
+        device: str | torch.device | None = None,
+    ) -> Rabtriever:
+        """A saved predictor on top of the teacher LLM (given, or loaded from `model_path`).
+
+        The index is read from `index_path`, or from `path` when it holds one.
+        """
+        path = Path(path)
+        config = json.loads((path / CONFIG_FILE).read_text())
+        if config.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported rabtriever format {config.get('format')!r}")
+        if model is None:
+            if model_path is None:
+                raise ValueError("give the teacher LLM: model or model_path")
+            model = load_causal_lm(model_path)
+            tokenizer = tokenizer or load_tokenizer(model_path)
+        if tokenizer is None:
+            raise ValueError("a tokenizer is needed with an explicit model")
+        template = PromptTemplate(**config["template"])
+        if template.fingerprint() != config["template_fingerprint"]:
+            raise ValueError(f"{path}: prompt template does not match its recorded fingerprint")
+        predictor = Predictor.from_config(config["predictor"])
+        predictor.load_state_dict(load_file(path / PREDICTOR_FILE))
+        retriever = cls(
+            model,
+            tokenizer,
+            template,
+            predictor,
+            config["max_doc_tokens"],
+            config["pooling"],
+            bf16=bf16,
+            device=device,
+        )
+        if retriever.answer_tokens.ids != config["answer_token_ids"]:
+            raise ValueError(
+                f"answer ids {retriever.answer_tokens.ids} differ from the saved "
+                f"{config['answer_token_ids']}: a different tokenizer than at training time"
+            )
+        index = Path(index_path) if index_path is not None else path
+        if (index / EMBEDDINGS_FILE).exists():
+            retriever.load_index(index)
+        return retriever
+
+
+__all__ = [
+    "Predictor",
+    "Rabtriever",
+    "RabtrieverScorer",
+    "encode_documents",
+    "encode_queries",
+    "final_norm",
+    "freeze",
+    "predictor_state",
+]

@@ -1,0 +1,1 @@
+"""Training: data assembly for the teacher and the DeepSpeed training loop."""

@@ -1,0 +1,144 @@
+"""Stage `distill_dgr`: generative retrieval (GR) and its distillation from the teacher (DGR).
+
+1. Identifiers for every passage of the students' corpus in several views (title, semantic
+   id from hierarchical k-means over TF-IDF/SVD vectors, a leading span), and one prefix trie
+   over their token sequences, so constrained beam search only yields existing identifiers.
+2. Stage 1 (GR): training queries -> identifiers of their relevant passages, plus indexing
+   examples (passage text -> identifiers); cross-entropy on identifier tokens.
+3. Stage 2 (DGR): starting from the GR model, the teacher's rank lists of the training
+   queries train the model's passage scores (identifier log-probabilities) with the distilled
+   RankNet loss (or `dgr.distill_loss`), plus `dgr.alpha` x the generation loss.
+The `GR (no distillation)` row is the stage-1 model; `DGR` is stage 1 + stage 2. Both decode
+with the same beam search, so distillation adds nothing at inference.
+The teacher is any run of the pipeline (`dgr.teacher_run`: teacher, bm25, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import mlflow
+import numpy as np
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from components import registry, tracking
+from components.config import load_params
+from components.data.beir import load_beir
+from components.data.sampling import sample_query_ids
+from components.dgr.identifiers import IdentifierParams, build_identifier_index
+from components.dgr.pyfunc import log_dgr_model
+from components.dgr.retriever import GenerativeRetriever, RetrieverConfig
+from components.dgr.training import DGRTrainParams, stage1_examples, train_stage1, train_stage2
+from components.dgr.trie import build_trie
+from components.layout import Layout
+from components.models.base_model import load_tokenizer
+from components.runs import read_trec_run, write_trec_run
+from flows._stage import StageFailed, run_cli, stage_flow
+
+REGISTERED_NAME = "dgr"
+
+
+def tfidf_embeddings(corpus: dict, doc_ids: list[str], dims: int, seed: int) -> np.ndarray:
+    """Cheap document vectors for the semantic-id clustering (LSA: TF-IDF + truncated SVD)."""
+    texts = [f"{corpus[d]['title']} {corpus[d]['text']}" for d in doc_ids]
+    tfidf = TfidfVectorizer(sublinear_tf=True, stop_words="english").fit_transform(texts)
+    dims = max(2, min(dims, tfidf.shape[1] - 1, len(doc_ids) - 1))
+    vectors = TruncatedSVD(dims, random_state=seed).fit_transform(tfidf)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+
+
+def train_params(cfg, seed: int, max_steps: int) -> DGRTrainParams:
+    return DGRTrainParams(
+        train_mode=cfg.train_mode, top_layers=cfg.top_layers, lr=cfg.lr,
+        batch_size=cfg.batch_size, max_steps=max_steps, max_doc_tokens=cfg.max_doc_tokens,
+        checkpoint_every=cfg.checkpoint_every, seed=seed, num_passages=cfg.num_passages,
+        sampling=cfg.sampling, distill_loss=cfg.distill_loss, distill_view=cfg.distill_view,
+        alpha=cfg.alpha, temperature=cfg.temperature, margin=cfg.margin)
+
+
+@stage_flow("distill_dgr")
+def distill_dgr(params_path: str = "params.yaml") -> dict:
+    params = load_params(params_path)
+    cfg, layout = params.dgr, Layout(params.data.name)
+    dataset_dir = params.data.dataset_dir()
+    out = layout.root / "dgr"
+    section = {"dgr": cfg.model_dump(), "data": params.data.model_dump()}
+    with tracking.stage_run("distill_dgr", params.tracking.experiment, section, dataset_dir):
+        dataset = load_beir(dataset_dir)
+        corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
+        doc_ids = json.loads((layout.rank_lists_dir / "corpus_subset.json").read_text())
+        sub_corpus = {d: corpus[d] for d in doc_ids}
+        started = time.perf_counter()
+        embeddings = tfidf_embeddings(corpus, doc_ids, cfg.semantic_dims, params.seed)
+        index = build_identifier_index(
+            sub_corpus, IdentifierParams(views=tuple(cfg.views), seed=params.seed),
+            embeddings=embeddings, doc_ids=doc_ids)
+        tokenizer = load_tokenizer(layout.base_model)
+        trie = build_trie(index, tokenizer)
+        out.mkdir(parents=True, exist_ok=True)
+        index.save(out / "identifiers.json")
+        trie.save(out / "trie.json")
+        print(f"identifiers for {len(doc_ids)} passages in views {list(cfg.views)} "
+              f"({time.perf_counter() - started:.0f}s)")
+
+        train_split = params.data.train_split
+        teacher_run, _ = read_trec_run(layout.run_dir(cfg.teacher_run) / f"{train_split}.trec")
+        train_qrels = dataset.qrels_dict(train_split)
+        train_qids = [q for q in teacher_run if q in train_qrels]
+        if not train_qids:
+            raise StageFailed(f"the {cfg.teacher_run} run has no {train_split} queries")
+        qrels = {q: {d: g for d, g in train_qrels[q].items() if d in sub_corpus}
+                 for q in train_qids}
+        examples = stage1_examples(queries, qrels, sub_corpus, index, indexing=True)
+        metrics = {"passages": len(doc_ids), "stage1_examples": len(examples)}
+
+        def logger(prefix):
+            def log_step(step):
+                mlflow.log_metrics({f"{prefix}_loss": step.loss}, step=step.step)
+                if step.step % 10 == 0 or step.step == step.total_steps:
+                    print(f"{prefix} step {step.step}/{step.total_steps} loss {step.loss:.4f}")
+            return log_step
+
+        started = time.perf_counter()
+        stage1 = train_stage1(layout.base_model, examples,
+                              train_params(cfg, params.seed, cfg.stage1_steps),
+                              out / "checkpoints-stage1", out / "gr_model", logger("stage1"))
+        metrics["stage1_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        teacher = {q: teacher_run[q] for q in train_qids}
+        train_stage2(out / "gr_model", queries, teacher, index,
+                     train_params(cfg, params.seed, cfg.stage2_steps),
+                     out / "checkpoints-stage2", out / "dgr_model", qrels=qrels,
+                     on_step=logger("stage2"))
+        metrics["stage2_seconds"] = time.perf_counter() - started
+        print(f"stage 1: {stage1.steps} steps; stage 2: {cfg.stage2_steps} steps")
+
+        split = params.data.test_split
+        qids = sample_query_ids(dataset.qrels_dict(split), params.data.eval_queries,
+                                params.seed)
+        # Decoding is the slow part on CPU: the first `dgr.eval_queries` of the same sample.
+        qids = qids[: cfg.eval_queries or None]
+        test_queries = {q: queries[q] for q in qids}
+        config = RetrieverConfig(view_weights=dict(cfg.view_weights), batch_size=cfg.batch_size)
+        for system, model_dir in (("gr", out / "gr_model"), ("dgr", out / "dgr_model")):
+            retriever = GenerativeRetriever.from_pretrained(
+                model_dir, out / "trie.json", out / "identifiers.json", config)
+            started = time.perf_counter()
+            run = retriever.search(test_queries, k=cfg.num_beams)
+            metrics[f"{system}_ms_per_query"] = 1000 * (time.perf_counter() - started) / len(qids)
+            write_trec_run(layout.run_dir(system) / f"{split}.trec", run, system.upper())
+            print(f"{system}: decoded {len(qids)} queries, "
+                  f"{metrics[f'{system}_ms_per_query']:.0f} ms/query")
+        (out / "summary.json").write_text(json.dumps(metrics, indent=2))
+        mlflow.log_metrics(metrics)
+        info = log_dgr_model(out / "dgr_model", out / "trie.json", out / "identifiers.json",
+                             config, default_k=cfg.num_beams, name=REGISTERED_NAME,
+                             registered_model_name=REGISTERED_NAME)
+        registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(distill_dgr)

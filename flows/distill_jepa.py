@@ -1,0 +1,222 @@
+"""Stage `distill_jepa`: Rabtriever, JEPA on-policy distillation of the teacher.
+
+The student is the trained teacher, frozen, plus a small predictor between its last layer
+and its LM head. Training reads only cached tensors: query embeddings (query encoded
+alone), document embeddings (document encoded alone) and the teacher's stored states from
+`rank_lists` (its answer-position hidden state and top-k logits per pair). Each epoch the
+student trains on its own top-m documents of every training query's teacher-scored pool.
+
+Evaluation: rerank BM25's top-K of the test queries (same K as `BM25 → teacher`) and
+retrieve over the encoded corpus. The CPU default encodes the corpus subset `rank_lists`
+chose (every scored candidate plus every relevant document of the scored queries;
+`jepa.corpus: pools`), next to which `rank_lists` put BM25 over the same documents; the GPU
+profile encodes the whole corpus (`jepa.corpus: full`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from components import registry, tracking
+from components.config import load_params
+from components.data.beir import load_beir
+from components.data.sampling import sample_query_ids
+from components.layout import Layout
+from components.models.prompts import PromptTemplate
+from components.models.rabtriever import Predictor, Rabtriever
+from components.models.rabtriever_pyfunc import log_rabtriever_model
+from components.runs import read_trec_run, write_trec_run
+from components.training.jepa_trainer import (
+    JepaTrainingData,
+    JepaTrainParams,
+    TeacherPairs,
+    train_predictor,
+)
+from components.training.teacher_data import document_text
+from flows._stage import StageFailed, run_cli, stage_flow
+
+REGISTERED_NAME = "rabtriever"
+
+
+def teacher_training_data(
+    retriever: Rabtriever,
+    rank_lists_dir: Path,
+    split: str,
+    queries: dict[str, str],
+    doc_texts: dict[str, str],
+    batch_size: int,
+) -> JepaTrainingData:
+    """Cached embeddings + the teacher's stored per-pair states for the training pools."""
+    pairs = pd.read_parquet(rank_lists_dir / "pairs.parquet")
+    pairs = pairs[pairs["split"] == split].sort_values("state_row")
+    if pairs.empty:
+        raise StageFailed(f"{rank_lists_dir}/pairs.parquet has no {split} pairs to distil")
+    states = load_file(str(rank_lists_dir / f"{split}_states.safetensors"))
+    if "topk_logits" not in states:
+        raise StageFailed("rank_lists stored no top-k logits; set rank_lists.top_k_logits > 0")
+    qids = list(dict.fromkeys(pairs["query_id"]))
+    docids = list(dict.fromkeys(pairs["doc_id"]))
+    q_row = {q: i for i, q in enumerate(qids)}
+    d_row = {d: i for i, d in enumerate(docids)}
+    rows = torch.as_tensor(pairs["state_row"].to_numpy())
+    return JepaTrainingData(
+        query_embs=retriever.encode_queries([queries[q] for q in qids], batch_size),
+        doc_embs=retriever.encode_documents([doc_texts[d] for d in docids], batch_size),
+        pairs=TeacherPairs(
+            query_index=torch.as_tensor([q_row[q] for q in pairs["query_id"]]),
+            doc_index=torch.as_tensor([d_row[d] for d in pairs["doc_id"]]),
+            hidden=states["hidden"][rows],
+            logits=states["topk_logits"][rows],
+            logit_ids=states["topk_ids"][rows],
+            scores=torch.as_tensor(pairs["score"].to_numpy(), dtype=torch.float32),
+        ),
+        query_ids=qids,
+        doc_ids=docids,
+    )
+
+
+def retrieval_corpus(mode: str, corpus_ids, rank_lists_dir: Path) -> list[str]:
+    if mode == "full":
+        return sorted(corpus_ids)
+    return json.loads((rank_lists_dir / "corpus_subset.json").read_text())
+
+
+@stage_flow("distill_jepa")
+def distill_jepa(params_path: str = "params.yaml") -> dict:
+    params = load_params(params_path)
+    cfg, layout = params.jepa, Layout(params.data.name)
+    dataset_dir = params.data.dataset_dir()
+    section = {"jepa": cfg.model_dump(), "data": params.data.model_dump()}
+    with tracking.stage_run("distill_jepa", params.tracking.experiment, section, dataset_dir):
+        dataset = load_beir(dataset_dir)
+        queries = dataset.queries_dict()
+        doc_texts = {d: document_text(doc) for d, doc in dataset.corpus_dict().items()}
+        retriever = Rabtriever.from_pretrained(
+            layout.teacher_model,
+            template=PromptTemplate.load(params.teacher.task),
+            max_doc_tokens=params.teacher.max_doc_tokens,
+            pooling=cfg.pooling,
+            bf16=params.teacher.bf16,
+        )
+        torch.manual_seed(params.seed)
+        predictor = Predictor(
+            retriever.model.config.hidden_size,
+            width=cfg.predictor_width,
+            depth=cfg.predictor_depth,
+            form=cfg.predictor_form,
+        )
+        retriever.predictor = predictor
+        mlflow.log_param("predictor_parameters", predictor.num_parameters())
+
+        started = time.perf_counter()
+        data = teacher_training_data(
+            retriever,
+            layout.rank_lists_dir,
+            params.data.train_split,
+            queries,
+            doc_texts,
+            cfg.encode_batch_size,
+        )
+        cache_seconds = time.perf_counter() - started
+        print(
+            f"cached {len(data.query_ids)} queries, {len(data.doc_ids)} docs, "
+            f"{len(data.pairs.query_index)} teacher pairs in {cache_seconds:.0f}s"
+        )
+
+        def log_step(step, values):
+            mlflow.log_metrics({k: float(v) for k, v in values.items()}, step=step)
+
+        train_cfg = JepaTrainParams(
+            epochs=cfg.epochs,
+            top_m=cfg.top_m,
+            rkl_weight=cfg.rkl_weight,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            jepa_form=cfg.jepa_form,
+            jepa_temperature=cfg.jepa_temperature,
+            rkl_top_k=cfg.rkl_top_k,
+            seed=params.seed,
+        )
+        started = time.perf_counter()
+        result = train_predictor(
+            retriever.predictor, retriever.scorer, data, train_cfg, log_fn=log_step
+        )
+        train_seconds = time.perf_counter() - started
+        retriever.predictor.eval()
+        for stats in result.epochs:
+            print(
+                f"epoch {stats.epoch}: loss {stats.loss:.4f} (jepa {stats.jepa:.4f}, "
+                f"rkl {stats.rkl:.4f}) agreement with teacher at epoch start "
+                f"{stats.agreement}"
+            )
+
+        split = params.data.test_split
+        bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{split}.trec")
+        qrels = dataset.qrels_dict(split)
+        qids = sample_query_ids(qrels, params.data.eval_queries, params.seed)
+        depth = params.rank_lists.depth
+        doc_ids = retrieval_corpus(cfg.corpus, doc_texts, layout.rank_lists_dir)
+        started = time.perf_counter()
+        known = {d: i for i, d in enumerate(data.doc_ids)}
+        fresh = [d for d in doc_ids if d not in known]
+        fresh_embs = retriever.encode_documents(
+            [doc_texts[d] for d in fresh], cfg.encode_batch_size
+        )
+        rows = {d: i for i, d in enumerate(fresh)}
+        embs = torch.stack(
+            [data.doc_embs[known[d]] if d in known else fresh_embs[rows[d]] for d in doc_ids]
+        )
+        retriever.set_index(doc_ids, embs)
+        encode_seconds = time.perf_counter() - started
+        print(
+            f"document index: {len(doc_ids)} documents ({cfg.corpus}), "
+            f"{len(fresh)} encoded in {encode_seconds:.0f}s"
+        )
+
+        test_queries = {q: queries[q] for q in qids}
+        started = time.perf_counter()
+        rerank = retriever.rerank_run(test_queries, {q: bm25_run.get(q, []) for q in qids}, depth)
+        rerank_ms = 1000 * (time.perf_counter() - started) / len(qids)
+        started = time.perf_counter()
+        full = retriever.search_run(test_queries, k=cfg.full_k)
+        full_ms = 1000 * (time.perf_counter() - started) / len(qids)
+        write_trec_run(
+            layout.run_dir("rabtriever_rerank") / f"{split}.trec", rerank, "Rabtriever-rerank"
+        )
+        write_trec_run(layout.run_dir("rabtriever_full") / f"{split}.trec", full, "Rabtriever-full")
+        retriever.save(layout.root / "rabtriever")
+        summary = {
+            "corpus": cfg.corpus,
+            "predictor_parameters": predictor.num_parameters(),
+            "corpus_docs": len(doc_ids),
+            "cache_seconds": cache_seconds,
+            "train_seconds": train_seconds,
+            "encode_seconds": encode_seconds,
+            "rerank_ms_per_query": rerank_ms,
+            "full_ms_per_query": full_ms,
+            "final_agreement": result.final_agreement,
+        }
+        (layout.root / "rabtriever" / "summary.json").write_text(json.dumps(summary, indent=2))
+        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+        info = log_rabtriever_model(
+            REGISTERED_NAME,
+            layout.teacher_model,
+            layout.root / "rabtriever",
+            index_dir=layout.root / "rabtriever",
+            bf16=params.teacher.bf16,
+            registered_model_name=REGISTERED_NAME,
+        )
+        registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
+        print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(distill_jepa)

@@ -1,0 +1,127 @@
+"""Stage `rank_lists`: the trained teacher rescores BM25 candidates.
+
+- Test queries (`data.eval_queries`, seeded): BM25 top-`rank_lists.depth` rescored, the
+  `BM25 → teacher` run.
+- Training queries (`rank_lists.train_queries`, seeded): BM25 top-`rank_lists.train_depth`
+  rescored; these rank lists and the teacher's per-pair states (final hidden state at the
+  answer position, Yes/No logits, top-k vocabulary logits) are the distillation data, stored
+  once so no student recomputes the teacher for a pair it already scored.
+- The corpus subset the CPU students index (`corpus_subset.json`) and BM25 over it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import mlflow
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from components import tracking
+from components.atomic import atomic_path
+from components.config import load_params
+from components.data.beir import load_beir
+from components.data.sampling import sample_query_ids
+from components.layout import Layout
+from components.models.prompts import PromptTemplate
+from components.models.reranker import LLMReranker
+from components.runs import read_trec_run, write_trec_run
+from components.training.teacher_data import document_text
+from flows._stage import run_cli, stage_flow
+
+
+def candidate_pairs(run, qids, depth, corpus, queries):
+    """[(qid, docid)] and the matching (document, query) texts, BM25 order per query."""
+    keys, pairs = [], []
+    for qid in qids:
+        for docid, _ in run.get(qid, [])[:depth]:
+            keys.append((qid, docid))
+            pairs.append((document_text(corpus[docid]), queries[qid]))
+    return keys, pairs
+
+
+def to_run(keys, scores) -> dict:
+    run: dict = {}
+    for (qid, docid), score in zip(keys, scores, strict=True):
+        run.setdefault(qid, []).append((docid, float(score)))
+    return run
+
+
+def write_corpus_subset(layout, dataset, frames, test_split, train_split) -> None:
+    """The documents the CPU students index: every scored candidate plus every relevant
+    document of the scored queries. BM25 restricted to it is written beside it, so systems
+    that retrieve over this subset are compared with BM25 over exactly the same documents."""
+    pairs = pd.concat(frames, ignore_index=True)
+    docs = set(pairs["doc_id"])
+    for split in (test_split, train_split):
+        qrels = dataset.qrels_dict(split)
+        for qid in set(pairs.loc[pairs["split"] == split, "query_id"]):
+            docs |= {d for d, grade in qrels.get(qid, {}).items() if grade > 0}
+    docs &= set(dataset.corpus["_id"])
+    with atomic_path(layout.rank_lists_dir / "corpus_subset.json") as tmp:
+        tmp.write_text(json.dumps(sorted(docs)))
+    bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{test_split}.trec")
+    test_qids = set(pairs.loc[pairs["split"] == test_split, "query_id"])
+    subset = {q: [(d, s) for d, s in bm25_run.get(q, []) if d in docs] for q in test_qids}
+    write_trec_run(layout.run_dir("bm25_subset") / f"{test_split}.trec", subset, "BM25-subset")
+    print(f"corpus subset for the students: {len(docs)} documents")
+
+
+@stage_flow("rank_lists")
+def rank_lists(params_path: str = "params.yaml") -> dict:
+    params = load_params(params_path)
+    cfg, layout = params.rank_lists, Layout(params.data.name)
+    dataset_dir = params.data.dataset_dir()
+    section = {"rank_lists": cfg.model_dump(), "data": params.data.model_dump()}
+    with tracking.stage_run("rank_lists", params.tracking.experiment, section, dataset_dir):
+        dataset = load_beir(dataset_dir)
+        corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
+        reranker = LLMReranker.from_pretrained(
+            layout.teacher_model, template=PromptTemplate.load(params.teacher.task),
+            max_doc_tokens=params.teacher.max_doc_tokens, bf16=params.teacher.bf16)
+        frames, metrics = [], {}
+        splits = [(params.data.test_split, params.data.eval_queries, cfg.depth, False),
+                  (params.data.train_split, cfg.train_queries, cfg.train_depth, True)]
+        for split, n_queries, depth, keep_states in splits:
+            bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{split}.trec")
+            qids = sample_query_ids(dataset.qrels_dict(split), n_queries, params.seed)
+            keys, pairs = candidate_pairs(bm25_run, qids, depth, corpus, queries)
+            started = time.perf_counter()
+            if keep_states:
+                states = reranker.forward_pair_states(pairs, cfg.batch_size, cfg.top_k_logits)
+                scores = states.scores.numpy()
+                tensors = {"hidden": states.hidden.contiguous(),
+                           "answer_logits": states.answer_logits.contiguous()}
+                if states.topk_ids is not None:
+                    tensors["topk_ids"] = states.topk_ids.to(torch.int64).contiguous()
+                    tensors["topk_logits"] = states.topk_logits.contiguous()
+                with atomic_path(layout.rank_lists_dir / f"{split}_states.safetensors") as tmp:
+                    save_file(tensors, str(tmp))
+            else:
+                scores = reranker.score_pairs(pairs, cfg.batch_size)
+            seconds = time.perf_counter() - started
+            run = to_run(keys, scores)
+            write_trec_run(layout.run_dir("teacher") / f"{split}.trec", run, tag="BM25->teacher")
+            frame = pd.DataFrame(keys, columns=["query_id", "doc_id"]).assign(
+                split=split, score=scores, bm25_rank=[r for q in qids
+                                                      for r in range(1, len(run.get(q, [])) + 1)])
+            frame["rank"] = frame.groupby("query_id")["score"].rank(ascending=False,
+                                                                    method="first").astype(int)
+            frame["state_row"] = range(len(frame)) if keep_states else -1
+            frames.append(frame)
+            metrics[f"{split}_pairs"] = len(pairs)
+            metrics[f"{split}_pairs_per_s"] = len(pairs) / seconds
+            print(f"{split}: {len(qids)} queries x top-{depth} = {len(pairs)} pairs in "
+                  f"{seconds:.0f}s ({len(pairs) / seconds:.1f} pairs/s)")
+        with atomic_path(layout.rank_lists_dir / "pairs.parquet") as tmp:
+            pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+        write_corpus_subset(layout, dataset, frames, params.data.test_split,
+                            params.data.train_split)
+        mlflow.log_metrics(metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(rank_lists)

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from components.dgr.identifiers import (
+    IdentifierIndex,
+    IdentifierParams,
+    build_identifier_index,
+    semantic_ids,
+    span_identifiers,
+    tfidf_identifiers,
+    title_identifiers,
+)
+
+
+def test_semantic_ids_are_unique_short_paths():
+    rng = np.random.default_rng(0)
+    doc_ids = [f"d{i}" for i in range(200)]
+    codes = semantic_ids(doc_ids, rng.normal(size=(200, 16)), branching=4, leaf_size=5, seed=0)
+    assert set(codes) == set(doc_ids)
+    assert len(set(codes.values())) == 200
+    for code in codes.values():
+        assert all(part.isdigit() for part in code.split("-"))
+    # Prefix-free: no document's path is an inner node of another's.
+    paths = {tuple(c.split("-")) for c in codes.values()}
+    for path in paths:
+        assert not any(other[: len(path)] == path for other in paths - {path})
+
+
+def test_semantic_ids_follow_clusters_and_disambiguate_leaves():
+    # Two well-separated blobs of three: one split, then each leaf numbers its members.
+    blob = np.array([[0.0, 0.0], [0.01, 0.0], [0.0, 0.01]])
+    vectors = np.concatenate([blob, blob + 100.0])
+    codes = semantic_ids(list("abcdef"), vectors, branching=2, leaf_size=3)
+    first = {codes[d].split("-")[0] for d in "abc"}
+    second = {codes[d].split("-")[0] for d in "def"}
+    assert len(first) == 1 and len(second) == 1 and first != second
+    assert sorted(codes[d].split("-")[1] for d in "abc") == ["0", "1", "2"]
+
+
+def test_identical_embeddings_still_get_unique_codes():
+    codes = semantic_ids([f"d{i}" for i in range(7)], np.ones((7, 4)), branching=3, leaf_size=2)
+    assert len(set(codes.values())) == 7
+
+
+def test_text_views(corpus):
+    titles = title_identifiers(corpus)
+    assert "d02" not in titles  # no title, no title identifier
+    assert titles["d00"] == [corpus["d00"]["title"]]
+    spans = span_identifiers(corpus, n_words=4)
+    assert spans["d05"] == [" ".join(corpus["d05"]["text"].split()[:4])]
+    terms = tfidf_identifiers(corpus, n_terms=3)
+    assert all(len(v[0].split()) <= 3 for v in terms.values())
+    assert set(terms["d07"][0].split()) <= set(
+        (corpus["d07"]["title"] + " " + corpus["d07"]["text"]).split()
+    )
+
+
+def test_shared_identifier_maps_to_all_passages(identifier_index, corpus):
+    shared = corpus["d00"]["title"]
+    assert sorted(identifier_index.docs("title", shared)) == ["d00", "d01"]
+    assert identifier_index.docs("title", "no such title") == []
+    assert identifier_index.identifiers("title", "d02") == []
+    # Every passage is reachable through its unique semantic id.
+    assert {
+        d for ids in identifier_index.view_identifiers("semantic_id").values() for d in ids
+    } == set(corpus)
+    assert all(len(d) == 1 for d in identifier_index.view_identifiers("semantic_id").values())
+
+
+def test_index_json_round_trip(identifier_index, tmp_path):
+    identifier_index.save(tmp_path / "ids.json")
+    loaded = IdentifierIndex.load(tmp_path / "ids.json")
+    assert loaded.doc_identifiers == identifier_index.doc_identifiers
+    assert loaded.view_identifiers("title") == identifier_index.view_identifiers("title")
+
+
+def test_params_are_validated(corpus):
+    with pytest.raises(ValueError, match="views"):
+        IdentifierParams(views=("titel",))
+    with pytest.raises(ValueError, match="embeddings"):
+        build_identifier_index(corpus, IdentifierParams(views=("semantic_id",)))

@@ -1,0 +1,98 @@
+"""Rabtriever fixtures: the tiny 2-layer Llama of tests/models (real SmolLM2 tokenizer), a toy
+collection, and the tiny teacher's outputs on it, cached once per session as the real pipeline
+caches the trained teacher's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from components.models.base_model import (
+    load_causal_lm,
+    load_tokenizer,
+)
+from components.models.prompts import PromptTemplate
+from components.models.rabtriever import Rabtriever
+from components.models.reranker import LLMReranker, PairStates
+from components.training.jepa_trainer import JepaTrainingData, TeacherPairs, build_training_data
+from components.training.teacher_data import document_text, toy_retrieval_data
+
+MAX_DOC_TOKENS = 48
+TOP_K = 64  # cached teacher logits per pair
+
+
+@dataclass
+class ToyCollection:
+    corpus: dict[str, str]  # doc id -> text
+    queries: dict[str, str]  # qid -> text
+    pools: dict[str, list[str]]  # qid -> the teacher-scored candidates
+
+
+@dataclass
+class TeacherCache:
+    data: JepaTrainingData  # top-k teacher logits
+    states: PairStates  # what the teacher returned, for independent checks
+
+
+# Two cores are shared with other workers; more threads only add contention.
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def template() -> PromptTemplate:
+    return PromptTemplate.load("default")
+
+
+@pytest.fixture(scope="session")
+def toy() -> ToyCollection:
+    corpus, queries, _, run = toy_retrieval_data(n_topics=6)
+    texts = {docid: document_text(doc) for docid, doc in corpus.items()}
+    return ToyCollection(texts, dict(queries), {q: [d for d, _ in run[q]] for q in queries})
+
+
+@pytest.fixture(scope="session")
+def teacher_model(tiny_model_master):
+    """Shared by read-only tests; a test that trains or edits weights builds its own."""
+    return load_causal_lm(tiny_model_master)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_master):
+    return load_tokenizer(tiny_model_master)
+
+
+@pytest.fixture
+def make_rabtriever(teacher_model, tiny_tokenizer, template):
+    def make(**kw) -> Rabtriever:
+        return Rabtriever(
+            teacher_model, tiny_tokenizer, template, max_doc_tokens=MAX_DOC_TOKENS, **kw
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def teacher_cache(teacher_model, tiny_tokenizer, template, toy) -> TeacherCache:
+    """Query/doc embeddings from the frozen LLM, and the teacher's pair states for every pool."""
+    student = Rabtriever(teacher_model, tiny_tokenizer, template, max_doc_tokens=MAX_DOC_TOKENS)
+    data = build_training_data(student, toy.queries, toy.corpus, toy.pools, top_k=TOP_K)
+    # The same pairs through the teacher directly, for independent checks.
+    teacher = LLMReranker(teacher_model, tiny_tokenizer, template, max_doc_tokens=MAX_DOC_TOKENS)
+    pairs = zip(data.pairs.query_index.tolist(), data.pairs.doc_index.tolist(), strict=True)
+    texts = [(toy.corpus[data.doc_ids[d]], toy.queries[data.query_ids[q]]) for q, d in pairs]
+    return TeacherCache(data, teacher.forward_pair_states(texts, batch_size=8, top_k=TOP_K))
+
+
+@pytest.fixture
+def full_vocab_data(teacher_cache, teacher_model) -> JepaTrainingData:
+    """The same pairs with full-vocabulary teacher logits (head applied to the cached state)."""
+    data = teacher_cache.data
+    with torch.no_grad():
+        logits = teacher_model.get_output_embeddings()(data.pairs.hidden).float()
+    pairs = TeacherPairs(
+        data.pairs.query_index, data.pairs.doc_index, data.pairs.hidden, logits,
+        scores=data.pairs.scores,
+    )  # fmt: skip
+    return JepaTrainingData(data.query_embs, data.doc_embs, pairs, data.query_ids, data.doc_ids)
