@@ -100,12 +100,12 @@ class JepaParams(Section):
     predictor_width: int = Field(1024, ge=8)
     predictor_depth: int = Field(1, ge=1)
     pooling: Literal["mean", "last"] = "mean"
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(40, ge=1)
     top_m: int = Field(5, ge=1)
-    rkl_weight: float = Field(1.0, ge=0)
+    rkl_weight: float = Field(0.0, ge=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
-    jepa_form: Literal["kl", "smooth_l1"] = "kl"
+    jepa_form: Literal["kl", "smooth_l1"] = "smooth_l1"
     jepa_temperature: float = Field(1.0, gt=0)
     rkl_top_k: int = Field(0, ge=0)
     corpus: Literal["pools", "full"] = "pools"
