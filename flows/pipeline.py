@@ -87,6 +87,9 @@ def main(params: str = typer.Option("params.yaml", help="Parameters file.")) -> 
         state = pipeline(params_path=params, return_state=True)
     finally:
         if server is not None:
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)  # send the last log lines while the server is up
             server.stop()
     if state.is_failed():
         typer.echo(f"pipeline failed: {state.message}", err=True)
