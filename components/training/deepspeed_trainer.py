@@ -208,9 +208,12 @@ def warmup_linear_decay(total_steps: int, warmup_steps: int) -> Callable[[int], 
 
 
 def _rng_state() -> dict:
+    # Only tensors and plain Python values, so a checkpoint loads with weights_only=True
+    # (no unpickling of arbitrary objects): numpy's key array travels as a tensor.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -220,7 +223,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -302,7 +306,7 @@ def train_teacher(
         _check_same_run(client.get("params", {}), params, checkpoint_dir)
         epoch, step_in_epoch = client["epoch"], client["step_in_epoch"]
         _set_rng_state(
-            torch.load(Path(load_path).parent / f"rng_rank{rank}.pt", weights_only=False)
+            torch.load(Path(load_path).parent / f"rng_rank{rank}.pt", weights_only=True)
         )
         if rank == 0:
             log.info("resumed from %s at step %d", load_path, engine.global_steps)
