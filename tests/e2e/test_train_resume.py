@@ -59,5 +59,6 @@ def test_killed_training_resumes_from_last_checkpoint(repo_copy, tmp_path):
     steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "loss")]
     assert steps[0] > killed_at - 2 and steps[0] > 1, steps  # resumed, not from step 1
     assert steps[-1] == 40
-    # Put the pipeline's own outputs back for whatever runs next.
-    run(["dvc", "checkout", "--force"], root)
+    # Put the pipeline's own outputs back for whatever runs next (when the pipeline ran
+    # before this test; run alone, there is nothing recorded to restore).
+    run(["dvc", "checkout", "--force"], root, check=False)
