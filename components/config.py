@@ -61,6 +61,24 @@ class BM25Params(Section):
 class EvaluateParams(Section):
     metrics: list[str] = ["ndcg_cut_10", "recall_100", "recip_rank_10", "map"]
     primary: str = "ndcg_cut_10"
+    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the marks in the table
+    test: Literal["t-test", "permutation"] = "t-test"  # paired test per metric and query set
+
+
+class DenseParams(Section):
+    depth: int = Field(100, ge=1)  # hits retrieved per query
+    batch_size: int = Field(64, ge=1)  # texts per encoder forward
+    bf16: bool = True  # bf16 autocast where the CPU/GPU has native bf16
+
+
+class PromoteParams(Section):
+    primary: str = "ndcg_cut_10"  # must be at least as good as the champion's
+    metrics: list[str] = ["ndcg_cut_10", "recall_10", "recip_rank_10"]  # not significantly worse
+    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired tests
+    test: Literal["t-test", "permutation"] = "t-test"
+    queries: int = Field(20, ge=1)  # frozen split: the first N of the evaluation sample
+    depth: int = Field(10, ge=1)  # BM25 candidates the rerankers reorder
+    models: list[str] = ["teacher-reranker", "rabtriever", "dgr"]  # promoted by the stage
 
 
 class BaseModelParams(Section):
@@ -88,7 +106,7 @@ class TeacherParams(Section):
 
 
 class RankListsParams(Section):
-    depth: int = Field(20, ge=1)
+    depth: int = Field(10, ge=1)
     train_queries: int = Field(60, ge=0)
     train_depth: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -148,11 +166,13 @@ class Params(Section):
     validation: ValidationParams = ValidationParams()
     bm25: BM25Params = BM25Params()
     evaluate: EvaluateParams = EvaluateParams()
+    dense: DenseParams = DenseParams()
     base_model: BaseModelParams = BaseModelParams()
     teacher: TeacherParams = TeacherParams()
     rank_lists: RankListsParams = RankListsParams()
     jepa: JepaParams = JepaParams()
     dgr: DGRParams = DGRParams()
+    promote: PromoteParams = PromoteParams()
     tracking: TrackingParams = TrackingParams()
 
 

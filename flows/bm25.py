@@ -9,6 +9,8 @@ import mlflow
 from components import tracking
 from components.config import load_params
 from components.data.beir import load_beir
+from components.data.sampling import sample_query_ids
+from components.evaluation.costs import folder_bytes, time_each, write_cost
 from components.layout import Layout
 from components.runs import write_trec_run
 from components.search import bm25
@@ -29,7 +31,7 @@ def bm25_stage(params_path: str = "params.yaml") -> None:
         print(f"indexed {len(dataset.corpus)} documents in {index_seconds:.1f}s")
         queries = dataset.queries_dict()
         metrics = {"index_seconds": index_seconds,
-                   "index_bytes": bm25.index_size_bytes(layout.bm25_index)}
+                   "index_bytes": folder_bytes(layout.bm25_index)}
         for split in dataset.splits:
             split_queries = {qid: queries[qid] for qid in dataset.qrels_dict(split)}
             started = time.perf_counter()
@@ -40,6 +42,14 @@ def bm25_stage(params_path: str = "params.yaml") -> None:
             write_trec_run(path, run, tag="BM25")
             metrics[f"{split}_search_ms_per_query"] = 1000 * seconds / max(len(run), 1)
             print(f"{split}: {len(run)} queries, top-{cfg.depth}, {seconds:.1f}s -> {path}")
+        # Per-query latency: one query at a time on one thread, as a user would send them.
+        test = params.data.test_split
+        qids = sample_query_ids(dataset.qrels_dict(test), params.data.eval_queries, params.seed)
+        searcher = bm25.open_searcher(layout.bm25_index, cfg.k1, cfg.b)
+        _, seconds = time_each(qids, lambda q: searcher.search(queries[q], k=cfg.depth))
+        cost = write_cost(layout.run_dir("bm25"), seconds, metrics["index_bytes"],
+                          "Lucene index (Pyserini)")
+        metrics.update({f"latency_{k}": v for k, v in cost["latency"].items()})
         mlflow.log_metrics(metrics)
 
 

@@ -11,6 +11,7 @@ from components import tracking
 from components.atomic import atomic_path, write_text_atomic
 from components.config import load_params
 from components.data.beir import load_beir
+from components.evaluation.plots import metric_bars
 from components.evaluation.report import (
     evaluate_runs,
     metrics_json,
@@ -35,24 +36,29 @@ def evaluate(params_path: str = "params.yaml") -> dict:
     with tracking.stage_run("evaluate", params.tracking.experiment, section, dataset_dir):
         dataset = load_beir(dataset_dir)
         qrels = {split: dataset.qrels_dict(split) for split in dataset.splits}
-        rows = evaluate_runs(layout.runs_dir, qrels, params.evaluate.metrics)
+        cfg = params.evaluate
+        rows = evaluate_runs(layout.runs_dir, qrels, cfg.metrics, cfg.test)
         if not rows:
             raise StageFailed(f"no run files under {layout.runs_dir} to evaluate")
         out = layout.eval_dir
-        frame = results_frame(rows, params.evaluate.metrics)
+        frame = results_frame(rows, cfg.metrics)
         summary = metrics_json(rows)
+        markdown = results_markdown(rows, cfg.metrics, params.data.name, cfg.alpha, cfg.test)
         write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
-        write_text_atomic(out / "results.md", results_markdown(frame, params.data.name))
+        write_text_atomic(out / "results.md", markdown)
         with atomic_path(out / "results.csv") as tmp:
             frame.to_csv(tmp, index=False)
         with atomic_path(out / "per_query.csv") as tmp:
             per_query_frame(rows).to_csv(tmp, index=False)
+        with atomic_path(out / "plots") as tmp:
+            tmp.mkdir(parents=True)
+            metric_bars(rows, [m for m in cfg.metrics if m != "map"], tmp)
         mlflow.log_metrics({
             _metric_key(row.split, row.query_set, row.system, metric): value
             for row in rows for metric, value in row.metrics.items()
         })
         mlflow.log_artifacts(str(out), artifact_path="eval")
-        print(results_markdown(frame, params.data.name))
+        print(markdown)
     return summary
 
 

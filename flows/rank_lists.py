@@ -24,6 +24,7 @@ from components.atomic import atomic_path
 from components.config import load_params
 from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
+from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout
 from components.models.prompts import PromptTemplate
 from components.models.reranker import LLMReranker
@@ -100,10 +101,27 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                 with atomic_path(layout.rank_lists_dir / f"{split}_states.safetensors") as tmp:
                     save_file(tensors, str(tmp))
             else:
-                scores = reranker.score_pairs(pairs, cfg.batch_size)
+                # Test queries are scored one query at a time (its K candidates, bucketed by
+                # length), so each query's wall time is the reranking latency a user sees.
+                by_query: dict[str, list] = {q: [] for q in qids}
+                for (qid, _), pair in zip(keys, pairs, strict=True):
+                    by_query[qid].append(pair)
+                per_query, latencies = time_each(
+                    qids, lambda q, groups=by_query: reranker.score_pairs(groups[q],
+                                                                          cfg.batch_size))
+                # `keys` lists the pairs query by query in `qids` order, as here.
+                scores = [score for query_scores in per_query for score in query_scores]
             seconds = time.perf_counter() - started
             run = to_run(keys, scores)
             write_trec_run(layout.run_dir("teacher") / f"{split}.trec", run, tag="BM25->teacher")
+            if not keep_states:
+                # Online cost of `BM25 -> teacher`: the teacher's time per query plus BM25's
+                # own (from the bm25 stage); it searches the BM25 index.
+                bm25_cost = read_cost(layout.run_dir("bm25"))
+                bm25_ms = bm25_cost["latency"]["median_ms"] / 1000 if bm25_cost else 0.0
+                write_cost(layout.run_dir("teacher"), [s + bm25_ms for s in latencies],
+                           folder_bytes(layout.bm25_index),
+                           f"Lucene index (Pyserini); rerank top-{depth}")
             frame = pd.DataFrame(keys, columns=["query_id", "doc_id"]).assign(
                 split=split, score=scores, bm25_rank=[r for q in qids
                                                       for r in range(1, len(run.get(q, [])) + 1)])

@@ -43,21 +43,23 @@ def build_index(corpus: dict[str, dict[str, str]], index_dir: str | os.PathLike,
     return index_dir
 
 
-def search(index_dir: str | os.PathLike, queries: dict[str, str], k: int, k1: float = 0.9,
-           b: float = 0.4, threads: int = 2) -> Run:
-    """BM25 top-k for every query; returns qid -> [(docid, score)]."""
+def open_searcher(index_dir: str | os.PathLike, k1: float = 0.9, b: float = 0.4):
+    """A Pyserini LuceneSearcher over `index_dir` with BM25(k1, b)."""
     configure_pyserini()
     from pyserini.search.lucene import LuceneSearcher
 
     searcher = LuceneSearcher(str(index_dir))
     searcher.set_bm25(k1, b)
+    return searcher
+
+
+def search(index_dir: str | os.PathLike, queries: dict[str, str], k: int, k1: float = 0.9,
+           b: float = 0.4, threads: int = 2) -> Run:
+    """BM25 top-k for every query; returns qid -> [(docid, score)]."""
+    searcher = open_searcher(index_dir, k1, b)
     qids = sorted(queries)
     hits = searcher.batch_search([queries[q] for q in qids], qids, k=k, threads=threads)
     return {qid: [(hit.docid, float(hit.score)) for hit in hits.get(qid, [])] for qid in qids}
-
-
-def index_size_bytes(index_dir: str | os.PathLike) -> int:
-    return sum(p.stat().st_size for p in Path(index_dir).rglob("*") if p.is_file())
 
 
 def remove_index(index_dir: str | os.PathLike) -> None:

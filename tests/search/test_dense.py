@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from components.evaluation.costs import folder_bytes
 from components.runs import read_trec_run, write_trec_run
 from components.search.dense import (
     DOC_IDS_FILE,
@@ -13,7 +14,6 @@ from components.search.dense import (
     DenseIndex,
     bundled_model_dir,
     doc_text,
-    index_size_bytes,
     load_encoder,
 )
 
@@ -102,7 +102,7 @@ def test_save_load_roundtrip_gives_identical_results(index, encoder, tmp_path):
     folder = index.save(tmp_path / "dense_index")
     assert {p.name for p in folder.iterdir()} == {INDEX_FILE, DOC_IDS_FILE, META_FILE}
     assert json.loads((folder / DOC_IDS_FILE).read_text()) == list(CORPUS)
-    assert index_size_bytes(folder) > len(CORPUS) * 384 * 4  # float32 vectors at least
+    assert folder_bytes(folder) > len(CORPUS) * 384 * 4  # float32 vectors at least
     loaded = DenseIndex.load(folder, encoder)
     assert len(loaded) == len(CORPUS)
     assert loaded.search(QUERIES, k=4) == index.search(QUERIES, k=4)

@@ -1,0 +1,226 @@
+"""Champion/challenger promotion in the MLflow model registry.
+
+A registered model's `challenger` (or any version named by hand) is evaluated on a frozen
+promotion split, the current `champion` on exactly the same queries and candidates, and the
+alias `champion` moves only when the challenger is
+
+- at least as good on the primary metric (mean over the split; ties promote), and
+- not significantly worse on any other listed metric (paired test, p < alpha).
+
+With no champion yet, the challenger wins by default. Every decision is an MLflow run in the
+`promotion` experiment, tagged with the model, both versions, the verdict and the reason, with
+both sides' metrics and the p-values, and the per-query metrics as an artifact.
+
+The models are loaded through `mlflow.pyfunc.load_model("models:/<name>/<version>")` and asked
+through their pyfunc interface, one of:
+
+- `pairs` (teacher-reranker): (query, document) rows -> `score`; reranks BM25 candidates,
+- `candidates` (rabtriever): query + candidate ids -> `doc_ids`, `scores`,
+- `queries` (dgr): query (+ qid) -> long frame of qid, docid, score.
+
+A version's per-query metrics on a split are cached: the decision run that first evaluated it
+holds them (`eval/v<version>.json`) and the model version gets the tag
+`promotion_eval.<split id>` = that run's id, so a champion is evaluated once per split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+
+from components.evaluation.metrics import mean_metrics, per_query_metrics
+from components.evaluation.significance import compare
+from components.registry import version_of
+from components.runs import Run
+from components.tracking import ensure_experiment
+
+Interface = Literal["pairs", "candidates", "queries"]
+INTERFACES: dict[str, Interface] = {
+    "teacher-reranker": "pairs",
+    "rabtriever": "candidates",
+    "dgr": "queries",
+}
+EXPERIMENT = "promotion"
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass(frozen=True)
+class PromotionSplit:
+    """The frozen queries (with their first-stage candidates) every version is judged on."""
+
+    queries: dict[str, str]  # qid -> text
+    qrels: dict[str, dict[str, int]]
+    candidates: dict[str, list[str]]  # qid -> BM25 top-depth doc ids
+    documents: dict[str, str]  # doc id -> text, for every candidate
+
+    @property
+    def split_id(self) -> str:
+        """Stable name of the split's content: queries, judgements and candidates."""
+        content = json.dumps([self.queries, self.qrels, self.candidates], sort_keys=True)
+        return hashlib.sha1(content.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Decision:
+    model: str
+    challenger_version: str
+    champion_version: str | None
+    promoted: bool
+    reason: str
+    challenger_metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+    p_values: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "promoted" if self.promoted else "kept champion"
+
+    def summary(self) -> str:
+        lines = [f"{self.model}: challenger v{self.challenger_version} vs champion "
+                 f"{'v' + self.champion_version if self.champion_version else '(none)'}"
+                 f" -> {self.verdict}: {self.reason}"]
+        for metric, value in self.challenger_metrics.items():
+            champion = self.champion_metrics.get(metric)
+            p_value = self.p_values.get(metric)
+            lines.append(f"  {metric}: challenger {value:.4f}"
+                         + (f", champion {champion:.4f}" if champion is not None else "")
+                         + (f", p = {p_value:.4f}" if p_value is not None else ""))
+        return "\n".join(lines)
+
+
+def rank_split(model, interface: Interface, split: PromotionSplit) -> Run:
+    """Ask a loaded pyfunc model for a ranking of every query of the split."""
+    qids = sorted(split.queries)
+    if interface == "pairs":
+        rows = [(q, d) for q in qids for d in split.candidates[q]]
+        frame = pd.DataFrame({"query": [split.queries[q] for q, _ in rows],
+                              "document": [split.documents[d] for _, d in rows]})
+        scores = model.predict(frame)["score"].tolist()
+        run: Run = {q: [] for q in qids}
+        for (q, d), score in zip(rows, scores, strict=True):
+            run[q].append((d, float(score)))
+        return run
+    if interface == "candidates":
+        frame = pd.DataFrame({"query": [split.queries[q] for q in qids],
+                              "candidates": [split.candidates[q] for q in qids]})
+        out = model.predict(frame)
+        return {q: [(str(d), float(s)) for d, s in zip(ids, scores, strict=True)]
+                for q, ids, scores in zip(qids, out["doc_ids"], out["scores"], strict=True)}
+    if interface == "queries":
+        out = model.predict(pd.DataFrame({"query": [split.queries[q] for q in qids],
+                                          "qid": qids}))
+        run = {q: [] for q in qids}
+        for row in out.itertuples(index=False):
+            run[str(row.qid)].append((str(row.docid), float(row.score)))
+        return run
+    raise ValueError(f"unknown model interface {interface!r}; one of {sorted(INTERFACES.values())}")
+
+
+def _cache_tag(split: PromotionSplit) -> str:
+    return f"promotion_eval.{split.split_id}"
+
+
+def evaluate_version(name: str, version: str, interface: Interface, split: PromotionSplit,
+                     metrics: list[str]) -> tuple[dict[str, dict[str, float]], bool]:
+    """metric -> {qid: value} for one model version; True when it came from the cache."""
+    client = MlflowClient()
+    cached_run = client.get_model_version(name, version).tags.get(_cache_tag(split))
+    if cached_run:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(cached_run, f"eval/v{version}.json", tmp)
+            per_query = json.loads(Path(path).read_text())
+        if set(metrics) <= set(per_query):
+            return {m: per_query[m] for m in metrics}, True
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    run = rank_split(model, interface, split)
+    qids = sorted(split.queries)
+    return per_query_metrics(run, split.qrels, metrics, qids), False
+
+
+def decide(challenger: dict[str, dict[str, float]], champion: dict[str, dict[str, float]],
+           primary: str, metrics: list[str], alpha: float,
+           test: str) -> tuple[bool, str, dict[str, float]]:
+    """(promote?, reason, p-values) from both sides' per-query metrics on the same queries."""
+    p_values, worse = {}, []
+    for metric in metrics:
+        p_value, diff = compare(challenger[metric], champion[metric], method=test)
+        p_values[metric] = p_value
+        if metric != primary and p_value < alpha and diff < 0:
+            worse.append(f"{metric} (p = {p_value:.4f})")
+    mean_challenger = mean_metrics({primary: challenger[primary]})[primary]
+    mean_champion = mean_metrics({primary: champion[primary]})[primary]
+    if mean_challenger < mean_champion:
+        reason = f"{primary} {mean_challenger:.4f} < champion's {mean_champion:.4f}"
+        return False, reason, p_values
+    if worse:
+        return False, f"significantly worse on {', '.join(worse)}", p_values
+    return True, (f"{primary} {mean_challenger:.4f} >= champion's {mean_champion:.4f} and not "
+                  f"significantly worse on {', '.join(m for m in metrics if m != primary)}"
+                  ), p_values
+
+
+def promote(name: str, split: PromotionSplit, primary: str, metrics: list[str],
+            alpha: float = 0.05, test: str = "t-test", version: str | int | None = None,
+            interface: Interface | None = None) -> Decision:
+    """Judge `version` (default: the `challenger` alias) against `champion`; log the decision."""
+    interface = interface or INTERFACES.get(name)
+    if interface is None:
+        raise ValueError(f"no pyfunc interface known for model {name!r}: pass one of "
+                         f"{sorted(set(INTERFACES.values()))}")
+    metrics = list(dict.fromkeys([primary, *metrics]))
+    challenger_version = str(version) if version is not None else version_of(name, CHALLENGER)
+    if challenger_version is None:
+        raise LookupError(f"registered model {name!r} has no '{CHALLENGER}' alias; train it "
+                          f"first or pass --version")
+    champion_version = version_of(name, CHAMPION)
+    ensure_experiment(EXPERIMENT)
+    tags = {"model": name, "challenger_version": challenger_version,
+            "champion_version": champion_version or "none", "split_id": split.split_id,
+            "kind": "promotion"}
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(EXPERIMENT).experiment_id,
+                          run_name=f"promote-{name}-v{challenger_version}", tags=tags,
+                          nested=mlflow.active_run() is not None) as run:
+        challenger, cached = evaluate_version(name, challenger_version, interface, split, metrics)
+        _store_evaluation(name, challenger_version, split, challenger, cached, run.info.run_id)
+        decision = Decision(name, challenger_version, champion_version, False, "",
+                            mean_metrics(challenger))
+        if champion_version is None:
+            decision.promoted, decision.reason = True, "no champion yet: the first version wins"
+        elif champion_version == challenger_version:
+            decision.reason = "this version already is the champion"
+        else:
+            champion, cached = evaluate_version(name, champion_version, interface, split, metrics)
+            _store_evaluation(name, champion_version, split, champion, cached, run.info.run_id)
+            decision.champion_metrics = mean_metrics(champion)
+            decision.promoted, decision.reason, decision.p_values = decide(
+                challenger, champion, primary, metrics, alpha, test)
+        decision.run_id = run.info.run_id
+        mlflow.set_tags({"verdict": decision.verdict, "reason": decision.reason})
+        mlflow.log_params({"primary": primary, "alpha": alpha, "test": test,
+                           "queries": len(split.queries), "interface": interface})
+        mlflow.log_metrics({f"challenger_{m}": v for m, v in decision.challenger_metrics.items()}
+                           | {f"champion_{m}": v for m, v in decision.champion_metrics.items()}
+                           | {f"p_{m}": v for m, v in decision.p_values.items()})
+    if decision.promoted:
+        MlflowClient().set_registered_model_alias(name, CHAMPION, challenger_version)
+    return decision
+
+
+def _store_evaluation(name: str, version: str, split: PromotionSplit,
+                      per_query: Mapping[str, Mapping[str, float]], cached: bool,
+                      run_id: str) -> None:
+    """Keep a fresh evaluation in this decision run and point the version's cache tag at it."""
+    if cached:
+        return
+    mlflow.log_dict(dict(per_query), f"eval/v{version}.json")
+    MlflowClient().set_model_version_tag(name, version, _cache_tag(split), run_id)

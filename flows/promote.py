@@ -1,0 +1,95 @@
+"""Stage `promote`: move the registry alias `champion` to challengers that earned it.
+
+    python -m flows.promote                          # every model in promote.models
+    python -m flows.promote --model rabtriever --version 3
+
+The frozen promotion split is the first `promote.queries` of the seeded evaluation sample
+(`data.eval_queries`, `seed`) of the test split, each with its BM25 top-`promote.depth`
+candidates; it changes only when those parameters or the data change. Decisions go to the
+MLflow experiment `promotion` (one tagged run each), to stdout, and to
+`outputs/<dataset>/promotion/decisions.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import typer
+
+from components import tracking
+from components.atomic import write_text_atomic
+from components.config import load_params
+from components.data.beir import load_beir
+from components.data.sampling import sample_query_ids
+from components.layout import Layout
+from components.promotion import PromotionSplit, promote
+from components.runs import read_trec_run
+from components.training.teacher_data import document_text
+from flows._stage import StageFailed, stage_flow
+
+
+def promotion_split(params) -> PromotionSplit:
+    layout = Layout(params.data.name)
+    cfg = params.promote
+    dataset = load_beir(params.data.dataset_dir())
+    test = params.data.test_split
+    qrels = dataset.qrels_dict(test)
+    qids = sample_query_ids(qrels, params.data.eval_queries, params.seed)[: cfg.queries]
+    bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{test}.trec")
+    candidates = {q: [d for d, _ in bm25_run.get(q, [])[: cfg.depth]] for q in qids}
+    corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
+    documents = {d: document_text(corpus[d]) for ids in candidates.values() for d in ids}
+    return PromotionSplit({q: queries[q] for q in qids}, {q: qrels[q] for q in qids},
+                          candidates, documents)
+
+
+@stage_flow("promote")
+def promote_flow(params_path: str = "params.yaml", models: list[str] | None = None,
+                 version: int | None = None) -> list[dict]:
+    params = load_params(params_path)
+    cfg = params.promote
+    models = models or cfg.models
+    if version is not None and len(models) != 1:
+        raise StageFailed("--version needs exactly one --model")
+    section = {"promote": cfg.model_dump(), "data": params.data.model_dump()}
+    with tracking.stage_run("promote", params.tracking.experiment, section,
+                            params.data.dataset_dir()):
+        split = promotion_split(params)
+        decisions = []
+        for name in models:
+            try:
+                decision = promote(name, split, cfg.primary, cfg.metrics, cfg.alpha, cfg.test,
+                                   version=version)
+            except LookupError as exc:
+                raise StageFailed(str(exc)) from None
+            print(decision.summary())
+            decisions.append({**decision.__dict__, "verdict": decision.verdict,
+                              "split_id": split.split_id})
+        out = Layout(params.data.name).root / "promotion" / "decisions.json"
+        write_text_atomic(out, json.dumps(decisions, indent=2) + "\n")
+        mlflow.log_dict(decisions, "promotion/decisions.json")
+    return decisions
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+    model: list[str] = typer.Option(None, help="Registered model (repeatable); default: "
+                                                "promote.models."),
+    version: int = typer.Option(None, help="Version to judge instead of the challenger alias."),
+) -> None:
+    state = promote_flow(params_path=str(params), models=model or None, version=version,
+                         return_state=True)
+    if state.is_failed():
+        typer.echo(state.message or "promote failed", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app()
