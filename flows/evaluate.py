@@ -16,6 +16,7 @@ from components.evaluation.report import (
     evaluate_runs,
     metrics_json,
     per_query_frame,
+    plot_frame,
     results_frame,
     results_markdown,
 )
@@ -48,6 +49,8 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         write_text_atomic(out / "results.md", markdown)
         with atomic_path(out / "results.csv") as tmp:
             frame.to_csv(tmp, index=False)
+        with atomic_path(out / "plot.csv") as tmp:
+            plot_frame(frame, params.data.test_split, cfg.primary).to_csv(tmp, index=False)
         with atomic_path(out / "per_query.csv") as tmp:
             per_query_frame(rows).to_csv(tmp, index=False)
         with atomic_path(out / "plots") as tmp:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import typer
@@ -40,8 +41,11 @@ def run_stage(stage: str) -> str:
     logger = get_run_logger()
     command = ["dvc", "repro", "--single-item", stage]
     logger.info("$ %s", " ".join(command))
+    # The stages' `dvc` and `python` are this interpreter's, activated or not.
+    env = os.environ.copy()
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     process = subprocess.Popen(command, cwd=repo_root(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+                               stderr=subprocess.STDOUT, text=True, env=env)
     lines = []
     for line in process.stdout:
         lines.append(line.rstrip())

@@ -191,6 +191,15 @@ def _markdown_record(row: Row, metrics: list[str], alpha: float) -> dict:
     return record
 
 
+def plot_frame(frame: pd.DataFrame, split: str, primary: str) -> pd.DataFrame:
+    """The `dvc plots` data: one bar per row of `split`, labelled with its query set (a
+    system appears once per query set it was evaluated on; bars must never stack)."""
+    label = METRIC_LABELS.get(primary, primary)
+    rows = frame[frame["split"] == split]
+    names = rows["system"] + " · " + rows["query set"] + " (" + rows["queries"].astype(str) + " q)"
+    return pd.DataFrame({"row": names, label: rows[label]})
+
+
 def per_query_frame(rows: list[Row]) -> pd.DataFrame:
     records = []
     for row in rows:
