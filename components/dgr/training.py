@@ -27,23 +27,17 @@ RNG states (torch.save, read back with weights_only=True), and the step count.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import random
-import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from components.atomic import atomic_path, write_text_atomic
+from components.atomic import atomic_path
 from components.dgr.identifiers import SEMANTIC_ID, Corpus, IdentifierIndex
 from components.dgr.retriever import QueryPrompt, make_lm_batch, target_logprobs
 from components.dgr.trie import encode_identifier
@@ -51,11 +45,8 @@ from components.losses.listwise_kl import listwise_kl
 from components.losses.ranknet import distilled_ranknet
 from components.models.base_model import load_causal_lm, load_tokenizer
 from components.runs import Run
-from components.training.deepspeed_trainer import (
-    TrainResult,
-    apply_train_mode,
-    warmup_linear_decay,
-)
+from components.training.deepspeed_trainer import TrainResult, apply_train_mode
+from components.training.loop import StepMetrics, seed_everything, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +90,6 @@ class DGRTrainParams:
             raise ValueError(f"distill_loss must be ranknet/listwise_kl: {self.distill_loss!r}")
         if self.batch_size < 1 or self.num_passages < 1:
             raise ValueError("batch_size and num_passages must be >= 1")
-
-
-@dataclass
-class StepMetrics:
-    step: int  # optimizer steps done, 1-based
-    total_steps: int
-    epoch: int
-    loss: float
-    lr: float
-    elapsed_s: float
-    parts: dict[str, float] = field(default_factory=dict)  # e.g. distill / generation terms
 
 
 # ---------------------------------------------------------------------------------- data
@@ -235,12 +215,6 @@ def stage2_lists(
             doc_ids, scores = zip(*chosen, strict=True)
             lists.append(DistillList(qid, queries[qid], tuple(doc_ids), tuple(scores)))
     return lists
-
-
-def epoch_batches(n: int, epoch: int, seed: int, batch_size: int) -> list[list[int]]:
-    """A seeded permutation of range(n) in batches (the last one may be shorter)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 # --------------------------------------------------------------------------------- losses
@@ -398,132 +372,15 @@ def train_stage2(
 def _train(
     base_model_dir, task, params: DGRTrainParams, checkpoint_dir, output_dir, on_step, stop_after
 ) -> TrainResult:
-    _seed_everything(params.seed)
+    seed_everything(params.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = apply_train_mode(load_causal_lm(base_model_dir, device=device), params)
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
-
-    steps_per_epoch = math.ceil(len(task) / params.batch_size)
-    total_steps = params.max_steps or params.epochs * steps_per_epoch
-    lr_factor = warmup_linear_decay(total_steps, int(params.warmup_ratio * total_steps))
-    checkpoint_dir = Path(checkpoint_dir)
-    step = _load_checkpoint(checkpoint_dir, model, optimizer)
-    if step:
-        log.info("resumed from %s at step %d", checkpoint_dir, step)
-
-    losses: list[float] = []
-    started = time.perf_counter()
-    batches_epoch, batches = -1, []
-    while step < total_steps:
-        epoch, position = divmod(step, steps_per_epoch)
-        if epoch != batches_epoch:
-            batches_epoch = epoch
-            batches = epoch_batches(len(task), epoch, params.seed, params.batch_size)
-        lr = params.lr * lr_factor(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss, parts = task.loss(model, batches[position], epoch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if params.grad_clip:
-            nn.utils.clip_grad_norm_(trainable, params.grad_clip)
-        optimizer.step()
-        step += 1
-        losses.append(loss.item())
-        if on_step is not None:
-            metrics = StepMetrics(
-                step, total_steps, epoch, loss.item(), lr, time.perf_counter() - started, parts
-            )
-            on_step(metrics)
-        stopping = stop_after is not None and len(losses) >= stop_after and step < total_steps
-        if step % params.checkpoint_every == 0 or stopping:
-            _save_checkpoint(checkpoint_dir, model, optimizer, step, params.keep_checkpoints)
-        if stopping:
-            break
-
-    completed = step >= total_steps
+    result = train_loop(model, task, params, checkpoint_dir, on_step, stop_after)
     out = None
-    if completed:
+    if result.completed:
         out = Path(output_dir)
         with atomic_path(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             load_tokenizer(base_model_dir).save_pretrained(tmp)
-    return TrainResult(step, total_steps, completed, out, losses)
-
-
-# ------------------------------------------------------------------------ checkpointing
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    """RNG states as tensors and plain values only: `torch.load(weights_only=True)` reads them."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt.tolist()), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    # named_parameters() lists a tied weight once, which safetensors requires.
-    return {
-        name: p.detach().cpu().contiguous()
-        for name, p in model.named_parameters()
-        if p.requires_grad
-    }
-
-
-def _save_checkpoint(checkpoint_dir: Path, model, optimizer, step: int, keep: int) -> None:
-    tag = f"step{step:08d}"
-    with atomic_path(checkpoint_dir / tag) as tmp:
-        tmp.mkdir(parents=True)
-        save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step}))
-    # `latest` is written last: a checkpoint it names is always complete.
-    write_text_atomic(checkpoint_dir / "latest", tag)
-    for old in sorted(p for p in checkpoint_dir.glob("step*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(checkpoint_dir: Path, model, optimizer) -> int:
-    """Restore the latest checkpoint into `model` and `optimizer`; the step it was taken at."""
-    latest = checkpoint_dir / "latest"
-    if not latest.is_file():
-        return 0
-    folder = checkpoint_dir / latest.read_text().strip()
-    weights = load_file(str(folder / "trainable.safetensors"))
-    expected = set(_trainable_state(model))
-    if set(weights) != expected:
-        missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
-        raise RuntimeError(
-            f"checkpoint {folder} holds other parameters than the model trains "
-            f"(missing {missing[:3]}, extra {extra[:3]}); was train_mode changed?"
-        )
-    model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    _set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
-    return json.loads((folder / "state.json").read_text())["step"]
+    return TrainResult(result.steps_done, result.total_steps, result.completed, out,
+                       result.losses)

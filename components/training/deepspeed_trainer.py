@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import socket
 import sys
@@ -30,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +44,12 @@ from components.models.reranker import (
     yes_no_score,
 )
 from components.settings import repo_root
+from components.training.loop import (
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    warmup_linear_decay,
+)
 from components.training.teacher_data import TrainingGroup, global_batches, shard_for_rank
 
 log = logging.getLogger(__name__)
@@ -196,46 +200,6 @@ def build_deepspeed_config(
     return config
 
 
-def warmup_linear_decay(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR factor: linear warmup to 1 over `warmup_steps` (first step > 0), then linear to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
-
-
-def _rng_state() -> dict:
-    # Only tensors and plain Python values, so a checkpoint loads with weights_only=True
-    # (no unpickling of arbitrary objects): numpy's key array travels as a tensor.
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def train_teacher(
     base_model_dir: str | Path,
     groups: Sequence[TrainingGroup],
@@ -277,7 +241,7 @@ def train_teacher(
     total_steps = params.max_steps or params.epochs * steps_per_epoch
     warmup_steps = int(params.warmup_ratio * total_steps)
 
-    _seed_everything(params.seed)  # identical LoRA init on every rank
+    seed_everything(params.seed)  # identical LoRA init on every rank
     tokenizer = load_tokenizer(base_model_dir)
     answer_tokens = resolve_answer_token_ids(tokenizer, template)
     prompts = PromptBuilder(template, tokenizer, params.max_doc_tokens)
@@ -305,7 +269,7 @@ def train_teacher(
             raise RuntimeError(f"could not load the checkpoint in {checkpoint_dir}")
         _check_same_run(client.get("params", {}), params, checkpoint_dir)
         epoch, step_in_epoch = client["epoch"], client["step_in_epoch"]
-        _set_rng_state(
+        set_rng_state(
             torch.load(Path(load_path).parent / f"rng_rank{rank}.pt", weights_only=True)
         )
         if rank == 0:
@@ -377,7 +341,7 @@ def _save_checkpoint(engine, checkpoint_dir: Path, epoch, step_in_epoch, params,
     tag_dir = checkpoint_dir / tag
     tag_dir.mkdir(parents=True, exist_ok=True)
     # RNG first: DeepSpeed writes `latest` last, so a checkpoint that `latest` names is complete.
-    torch.save(_rng_state(), tag_dir / f"rng_rank{rank}.pt")
+    torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt")
     client = {"epoch": epoch, "step_in_epoch": step_in_epoch, "params": _run_identity(params)}
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client)
     if rank == 0:

@@ -12,12 +12,8 @@ from safetensors.torch import load_file
 
 from components.models.prompts import PromptTemplate
 from components.models.reranker import LLMReranker
-from components.training.deepspeed_trainer import (
-    TrainParams,
-    build_deepspeed_config,
-    train_teacher,
-    warmup_linear_decay,
-)
+from components.training.deepspeed_trainer import TrainParams, build_deepspeed_config, train_teacher
+from components.training.loop import warmup_linear_decay
 from components.training.teacher_data import build_groups, toy_retrieval_data
 
 
