@@ -155,6 +155,24 @@ class DGRParams(Section):
     num_beams: int = Field(10, ge=1)
 
 
+class BiEncoderParams(Section):
+    enabled: bool = False  # CPU default: off (cost in docs/benchmarks.md); GPU profile: on
+    train_mode: Literal["top_layers", "full"] = "top_layers"
+    top_layers: int = Field(6, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    steps: int = Field(60, ge=1)
+    batch_size: int = Field(8, ge=1)  # queries per step (each with its positive + negatives)
+    negatives: int = Field(1, ge=0)  # BM25 hard negatives per query
+    mining_depth: int = Field(30, ge=1)
+    temperature: float = Field(0.05, gt=0)
+    max_doc_tokens: int = Field(128, ge=8)
+    checkpoint_every: int = Field(20, ge=1)
+    corpus: Literal["pools", "full"] = "pools"  # the corpus Rabtriever's full mode searches
+    full_k: int = Field(100, ge=1)
+    encode_batch_size: int = Field(16, ge=1)
+    bf16: bool = True
+
+
 class TrackingParams(Section):
     experiment: str = "rerank-distill"
 
@@ -172,6 +190,7 @@ class Params(Section):
     rank_lists: RankListsParams = RankListsParams()
     jepa: JepaParams = JepaParams()
     dgr: DGRParams = DGRParams()
+    biencoder: BiEncoderParams = BiEncoderParams()
     promote: PromoteParams = PromoteParams()
     tracking: TrackingParams = TrackingParams()
 

@@ -30,6 +30,8 @@ SYSTEM_NAMES = {
     "rabtriever_rerank": "Rabtriever (rerank@K)",
     "rabtriever_full": "Rabtriever (full corpus)",
     "bm25_subset": "BM25 (same corpus subset)",
+    "biencoder_rerank": "Bi-encoder, same LLM (rerank@K)",
+    "biencoder_full": "Bi-encoder, same LLM (full corpus)",
     "gr": "GR (no distillation)",
     "dgr": "DGR",
 }

@@ -1,0 +1,128 @@
+"""Stage `biencoder`: the RepLLaMA-style bi-encoder baseline on the same base LLM.
+
+Trained contrastively (in-batch + BM25 hard negatives) on the teacher's training queries, then
+evaluated exactly like Rabtriever: reranking the BM25 top-K of the evaluation queries
+(`runs/biencoder_rerank`) and retrieving over the same corpus (`runs/biencoder_full`).
+
+It is off by default on CPU (`biencoder.enabled: false`; its cost is recorded in
+docs/benchmarks.md): the stage then only writes a note into its outputs, so the pipeline keeps
+the same shape whichever way it is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+
+import mlflow
+
+from components import tracking
+from components.atomic import write_text_atomic
+from components.config import load_params
+from components.data.beir import load_beir
+from components.data.sampling import sample_query_ids
+from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
+from components.layout import Layout
+from components.models.base_model import load_causal_lm, load_tokenizer
+from components.models.biencoder import EMBEDDINGS_FILE, BiEncoder, passage_text
+from components.runs import read_trec_run, write_trec_run
+from components.training.biencoder_trainer import BiEncoderTrainParams, train_biencoder
+from components.training.teacher_data import build_groups
+from flows._stage import StageFailed, run_cli, stage_flow
+from flows.distill_jepa import retrieval_corpus
+
+SYSTEMS = ("biencoder_rerank", "biencoder_full")
+DISABLED_NOTE = ("The bi-encoder baseline is off in this profile (`biencoder.enabled: false`); "
+                 "see docs/benchmarks.md for its measured figures.\n")
+
+
+def write_disabled(layout: Layout) -> None:
+    """Outputs that say the stage was skipped (DVC needs them; evaluate finds no run here)."""
+    for folder in (layout.root / "biencoder", *(layout.run_dir(s) for s in SYSTEMS)):
+        if folder.exists():
+            shutil.rmtree(folder)
+        write_text_atomic(folder / "DISABLED.md", DISABLED_NOTE)
+
+
+@stage_flow("biencoder")
+def biencoder_stage(params_path: str = "params.yaml") -> dict:
+    params = load_params(params_path)
+    cfg, layout = params.biencoder, Layout(params.data.name)
+    dataset_dir = params.data.dataset_dir()
+    section = {"biencoder": cfg.model_dump(), "data": params.data.model_dump()}
+    with tracking.stage_run("biencoder", params.tracking.experiment, section, dataset_dir):
+        if not cfg.enabled:
+            write_disabled(layout)
+            print(DISABLED_NOTE.strip())
+            return {"enabled": False}
+        dataset = load_beir(dataset_dir)
+        corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
+        train = params.data.train_split
+        qrels = dataset.qrels_dict(train)
+        keep = set(sample_query_ids(qrels, params.data.train_queries, params.seed))
+        bm25_train, _ = read_trec_run(layout.run_dir("bm25") / f"{train}.trec")
+        groups = build_groups(corpus, queries, {q: r for q, r in qrels.items() if q in keep},
+                              bm25_train, n_negatives=cfg.negatives, depth=cfg.mining_depth,
+                              seed=params.seed)
+        if not groups:
+            raise StageFailed("no training groups: no training query has a relevant document")
+        encoder = BiEncoder(load_causal_lm(layout.base_model), load_tokenizer(layout.base_model),
+                            max_doc_tokens=cfg.max_doc_tokens, bf16=cfg.bf16)
+        train_params = BiEncoderTrainParams(
+            train_mode=cfg.train_mode, top_layers=cfg.top_layers, lr=cfg.lr,
+            batch_size=cfg.batch_size, max_steps=cfg.steps, temperature=cfg.temperature,
+            checkpoint_every=cfg.checkpoint_every, seed=params.seed)
+        # Checkpoints resume only a run with the same settings (not a DVC output).
+        fingerprint = hashlib.sha1(json.dumps(
+            [cfg.model_dump(), params.seed, params.data.train_queries, len(groups)]).encode()
+        ).hexdigest()[:12]
+        checkpoints = layout.root / "biencoder_checkpoints" / fingerprint
+
+        def log_step(step):
+            mlflow.log_metrics({"loss": step.loss, "lr": step.lr}, step=step.step)
+            print(f"step {step.step}/{step.total_steps} loss {step.loss:.4f} "
+                  f"({step.elapsed_s:.0f}s)")
+
+        started = time.perf_counter()
+        result = train_biencoder(encoder, groups, train_params, checkpoints, on_step=log_step)
+        metrics = {"train_seconds": time.perf_counter() - started, "train_groups": len(groups)}
+        if not result.completed:
+            raise StageFailed(f"training stopped at step {result.steps_done}/{result.total_steps}")
+
+        doc_ids = retrieval_corpus(cfg.corpus, corpus, layout.rank_lists_dir)
+        started = time.perf_counter()
+        encoder.index_corpus({d: passage_text(corpus[d]) for d in doc_ids},
+                             cfg.encode_batch_size)
+        metrics["encode_seconds"] = time.perf_counter() - started
+        out = encoder.save(layout.root / "biencoder")
+        shutil.rmtree(layout.root / "biencoder_checkpoints", ignore_errors=True)
+
+        test = params.data.test_split
+        qids = sample_query_ids(dataset.qrels_dict(test), params.data.eval_queries, params.seed)
+        bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{test}.trec")
+        depth, indexed = params.rank_lists.depth, set(doc_ids)
+        ranked, rerank_s = time_each(qids, lambda q: encoder.rerank(
+            queries[q], [d for d, _ in bm25_run.get(q, [])[:depth] if d in indexed]))
+        write_trec_run(layout.run_dir("biencoder_rerank") / f"{test}.trec",
+                       dict(zip(qids, ranked, strict=True)), "BiEncoder-rerank")
+        ranked, full_s = time_each(qids, lambda q: encoder.search(queries[q], cfg.full_k))
+        write_trec_run(layout.run_dir("biencoder_full") / f"{test}.trec",
+                       dict(zip(qids, ranked, strict=True)), "BiEncoder-full")
+        embeddings = folder_bytes(out / EMBEDDINGS_FILE)
+        bm25_cost = read_cost(layout.run_dir("bm25"))
+        bm25_s = bm25_cost["latency"]["median_ms"] / 1000 if bm25_cost else 0.0
+        write_cost(layout.run_dir("biencoder_rerank"), [s + bm25_s for s in rerank_s],
+                   embeddings + folder_bytes(layout.bm25_index),
+                   f"Lucene index + {len(doc_ids)} document embeddings; rerank top-{depth}")
+        write_cost(layout.run_dir("biencoder_full"), full_s, embeddings,
+                   f"FAISS flat index of {len(doc_ids)} document embeddings ({cfg.corpus})")
+        metrics.update({"corpus_docs": len(doc_ids), "final_loss": result.losses[-1]})
+        mlflow.log_metrics(metrics)
+        print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(biencoder_stage)
