@@ -10,6 +10,7 @@ import mlflow
 from components import tracking
 from components.atomic import atomic_path, write_text_atomic
 from components.config import load_params
+from components.data import catalog
 from components.data.beir import load_beir
 from components.evaluation.report import (
     evaluate_runs,
@@ -35,11 +36,13 @@ def evaluate(params_path: str = "params.yaml") -> dict:
     with tracking.stage_run("evaluate", params.tracking.experiment, section, dataset_dir):
         dataset = load_beir(dataset_dir)
         qrels = {split: dataset.qrels_dict(split) for split in dataset.splits}
-        rows = evaluate_runs(layout.runs_dir, qrels, params.evaluate.metrics)
+        # evaluate.metrics plus the dataset's own measures (e.g. R@1, R@3 for ESConv strategies)
+        metric_keys = catalog.eval_metrics(params.data.name, params.evaluate.metrics)
+        rows = evaluate_runs(layout.runs_dir, qrels, metric_keys)
         if not rows:
             raise StageFailed(f"no run files under {layout.runs_dir} to evaluate")
         out = layout.eval_dir
-        frame = results_frame(rows, params.evaluate.metrics)
+        frame = results_frame(rows, metric_keys)
         summary = metrics_json(rows)
         write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
         write_text_atomic(out / "results.md", results_markdown(frame, params.data.name))
