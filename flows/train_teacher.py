@@ -54,10 +54,12 @@ def run_fingerprint(params, data_hash: str) -> str:
 def train_teacher_stage(params_path: str = "params.yaml") -> str:
     params = load_params(params_path)
     cfg, layout = params.teacher, Layout(params.data.name)
-    dataset_dir = params.data.train_dataset_dir()  # data.train_name (usually data.name)
+    dataset_dir = params.data.dataset_dir()
+    train_dir = params.data.train_dataset_dir()  # data.train_name (usually data.name)
     section = {"teacher": cfg.model_dump(), "data": params.data.model_dump()}
-    with tracking.stage_run("train_teacher", params.tracking.experiment, section, dataset_dir):
-        dataset = load_beir(dataset_dir)
+    with tracking.stage_run("train_teacher", params.tracking.experiment, section, dataset_dir,
+                            extra_tags={"train_dataset": params.data.train_name}):
+        dataset = load_beir(train_dir)
         qrels = dataset.qrels_dict(params.data.train_split)
         keep = set(sample_query_ids(qrels, params.data.train_queries, params.seed))
         bm25_run, _ = read_trec_run(layout.train_bm25_run(params.data.train_name,
@@ -83,7 +85,7 @@ def train_teacher_stage(params_path: str = "params.yaml") -> str:
                   f"lr {step.lr:.2e} {step.tokens_per_s:.0f} tok/s {step.elapsed_s:.0f}s")
 
         checkpoints = layout.teacher_checkpoints / run_fingerprint(
-            params, tracking.dvc_data_hash(dataset_dir))
+            params, tracking.dvc_data_hash(train_dir))
         result = train_teacher(layout.base_model, groups, template, train_params(params),
                                checkpoints, layout.teacher_model, on_step=log_step)
         if not result.completed:
