@@ -97,7 +97,8 @@ def _markdown_table(table: pd.DataFrame) -> str:
     if table.empty:
         return "(no results yet)"
     shown = table.map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
-    return shown.reset_index().rename(columns={"system": "system"}).to_markdown(index=False)
+    # disable_numparse: keep the 4-decimal strings (tabulate would re-parse and trim them)
+    return shown.reset_index().to_markdown(index=False, disable_numparse=True)
 
 
 def summary_markdown(long: pd.DataFrame, datasets: list[str],
