@@ -173,9 +173,11 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         # Reuse the training pools' embeddings, unless they are another corpus's documents.
         known = {} if params.data.trains_elsewhere else {d: i for i, d in enumerate(data.doc_ids)}
         fresh = [d for d in doc_ids if d not in known]
+        # Nothing fresh when the training pools already hold the whole corpus (ESConv's 8
+        # strategies), and the tokenizer refuses an empty batch.
         fresh_embs = retriever.encode_documents(
             [doc_texts[d] for d in fresh], cfg.encode_batch_size
-        )
+        ) if fresh else None
         rows = {d: i for i, d in enumerate(fresh)}
         embs = torch.stack(
             [data.doc_embs[known[d]] if d in known else fresh_embs[rows[d]] for d in doc_ids]
