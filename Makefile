@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: pipeline test setup data lint
+.PHONY: pipeline test setup data lint summary
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -19,6 +19,10 @@ pipeline: data
 
 test: data
 	python -m pytest
+
+# Every dataset's evaluated results side by side (outputs/summary.md), logged to MLflow.
+summary: setup
+	python -m flows.summary
 
 lint: setup
 	ruff check components flows tests scripts

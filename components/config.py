@@ -11,8 +11,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from components.data import catalog
 from components.settings import repo_root
 
 
@@ -23,20 +31,48 @@ class Section(BaseModel):
 class DataParams(Section):
     name: str = "scifact"
     root: str = "data/raw"
+    # null in params.yaml = the dataset's entry in components/data/catalog.py (filled below)
+    train_name: str = "scifact"
     train_split: str = "train"
     test_split: str = "test"
     eval_queries: int = Field(100, ge=0)  # 0 = all test queries
     train_queries: int = Field(0, ge=0)  # 0 = all train queries
 
-    @field_validator("name")
+    @model_validator(mode="before")
+    @classmethod
+    def _catalog_defaults(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        spec = catalog.spec(str(raw.get("name") or "scifact"))
+        defaults = {"train_name": spec.train_name or raw.get("name") or "scifact",
+                    "train_split": spec.train_split, "test_split": spec.test_split}
+        return {**raw, **{k: v for k, v in defaults.items() if raw.get(k) is None}}
+
+    @field_validator("name", "train_name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
         if not value or "/" in value or value.startswith("."):
             raise ValueError(f"dataset name must be a folder name under data.root, got {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _splits_distinguishable(self) -> DataParams:
+        # rank_lists keeps both splits' pairs in one table, told apart by split name.
+        if self.train_split == self.test_split:
+            raise ValueError(f"train_split and test_split are both {self.train_split!r}")
+        return self
+
+    @property
+    def trains_elsewhere(self) -> bool:
+        """The models train on another dataset's queries (`train_name`), e.g. TREC DL."""
+        return self.train_name != self.name
+
     def dataset_dir(self, root: Path | None = None) -> Path:
         return (root or repo_root()) / self.root / self.name
+
+    def train_dataset_dir(self, root: Path | None = None) -> Path:
+        """The dataset whose `train_split` trains the teacher and the students."""
+        return (root or repo_root()) / self.root / self.train_name
 
 
 class ValidationParams(Section):
@@ -86,7 +122,7 @@ class BaseModelParams(Section):
 
 
 class TeacherParams(Section):
-    task: str = "scifact"
+    task: str = "scifact"  # null in params.yaml = the dataset's prompt (catalog)
     train_mode: Literal["lora", "top_layers", "full"] = "lora"
     top_layers: int = Field(6, ge=1)
     lora_r: int = Field(16, ge=1)
@@ -193,6 +229,18 @@ class Params(Section):
     biencoder: BiEncoderParams = BiEncoderParams()
     promote: PromoteParams = PromoteParams()
     tracking: TrackingParams = TrackingParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_prompt(cls, raw: Any) -> Any:
+        """`teacher.task: null` = the prompt wording of the dataset being run."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("teacher", {}), dict):
+            return raw
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        teacher = dict(raw.get("teacher") or {})
+        if teacher.get("task") is None:
+            teacher["task"] = catalog.spec(str(data.get("name") or "scifact")).prompt_task
+        return {**raw, "teacher": teacher}
 
 
 class ParamsError(ValueError):

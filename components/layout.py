@@ -9,6 +9,7 @@ from components.settings import repo_root
 
 class Layout:
     def __init__(self, dataset: str, root: Path | None = None):
+        self.dataset = dataset
         self.root = (root or repo_root()) / "outputs" / dataset
 
     @property
@@ -25,6 +26,17 @@ class Layout:
 
     def run_dir(self, system: str) -> Path:
         return self.runs_dir / system
+
+    def train_bm25_index(self, train_name: str) -> Path:
+        """Index of another dataset's corpus, when the models train on it (`data.train_name`)."""
+        return self.root / "bm25" / "train" / train_name / "index"
+
+    def train_bm25_run(self, train_name: str, split: str) -> Path:
+        """BM25 run of the training queries: this dataset's own run, or the bm25 stage's run
+        over `train_name`'s corpus (kept out of `runs/`, which `evaluate` scores)."""
+        if train_name == self.dataset:
+            return self.run_dir("bm25") / f"{split}.trec"
+        return self.root / "bm25" / "train" / train_name / f"{split}.trec"
 
     @property
     def base_model(self) -> Path:

@@ -59,12 +59,15 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
             return {"enabled": False}
         dataset = load_beir(dataset_dir)
         corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
-        train = params.data.train_split
-        qrels = dataset.qrels_dict(train)
+        # The training data: data.train_name's (usually this dataset's) train split.
+        train_data = load_beir(params.data.train_dataset_dir())
+        split = params.data.train_split
+        qrels = train_data.qrels_dict(split)
         keep = set(sample_query_ids(qrels, params.data.train_queries, params.seed))
-        bm25_train, _ = read_trec_run(layout.run_dir("bm25") / f"{train}.trec")
-        groups = build_groups(corpus, queries, {q: r for q, r in qrels.items() if q in keep},
-                              bm25_train, n_negatives=cfg.negatives, depth=cfg.mining_depth,
+        bm25_train, _ = read_trec_run(layout.train_bm25_run(params.data.train_name, split))
+        groups = build_groups(train_data.corpus_dict(), train_data.queries_dict(),
+                              {q: r for q, r in qrels.items() if q in keep}, bm25_train,
+                              n_negatives=cfg.negatives, depth=cfg.mining_depth,
                               seed=params.seed)
         if not groups:
             raise StageFailed("no training groups: no training query has a relevant document")

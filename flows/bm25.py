@@ -50,6 +50,19 @@ def bm25_stage(params_path: str = "params.yaml") -> None:
         cost = write_cost(layout.run_dir("bm25"), seconds, metrics["index_bytes"],
                           "Lucene index (Pyserini)")
         metrics.update({f"latency_{k}": v for k, v in cost["latency"].items()})
+        if params.data.trains_elsewhere:
+            # The teacher mines negatives (and rank_lists scores candidates) for another
+            # dataset's training queries: BM25 over that dataset's own corpus.
+            train = load_beir(params.data.train_dataset_dir())
+            index = layout.train_bm25_index(params.data.train_name)
+            bm25.build_index(train.corpus_dict(), index, threads=cfg.threads)
+            split = params.data.train_split
+            train_queries = train.queries_dict()
+            run = bm25.search(index, {q: train_queries[q] for q in train.qrels_dict(split)},
+                              cfg.depth, cfg.k1, cfg.b, cfg.threads)
+            path = layout.train_bm25_run(params.data.train_name, split)
+            write_trec_run(path, run, tag="BM25")
+            print(f"training data {params.data.train_name}/{split}: {len(run)} queries -> {path}")
         mlflow.log_metrics(metrics)
 
 

@@ -59,6 +59,26 @@ def train_params(cfg, seed: int, max_steps: int) -> DGRTrainParams:
         alpha=cfg.alpha, temperature=cfg.temperature, margin=cfg.margin)
 
 
+CROSS_DATASET_NOTE = (
+    "GR/DGR not trained: generative retrieval learns to generate the identifiers of the "
+    "corpus it is evaluated on, from training queries over that corpus; data.train_name "
+    "({train}) is another dataset, so {name} has none. Rows pending: needs training queries "
+    "over the {name} corpus.")
+
+
+def skip_cross_dataset(layout: Layout, params) -> dict:
+    """Leave the stage's outputs in place, empty but for a note saying why."""
+    note = CROSS_DATASET_NOTE.format(train=params.data.train_name, name=params.data.name)
+    for folder in (layout.root / "dgr", layout.run_dir("gr"), layout.run_dir("dgr")):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "SKIPPED.md").write_text(note + "\n")
+    summary = {"skipped": note}
+    (layout.root / "dgr" / "summary.json").write_text(json.dumps(summary, indent=2))
+    mlflow.set_tag("skipped", note)
+    print(note)
+    return summary
+
+
 @stage_flow("distill_dgr")
 def distill_dgr(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
@@ -67,6 +87,8 @@ def distill_dgr(params_path: str = "params.yaml") -> dict:
     out = layout.root / "dgr"
     section = {"dgr": cfg.model_dump(), "data": params.data.model_dump()}
     with tracking.stage_run("distill_dgr", params.tracking.experiment, section, dataset_dir):
+        if params.data.trains_elsewhere:
+            return skip_cross_dataset(layout, params)
         dataset = load_beir(dataset_dir)
         corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
         doc_ids = json.loads((layout.rank_lists_dir / "corpus_subset.json").read_text())

@@ -116,13 +116,19 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         retriever.predictor = predictor
         mlflow.log_param("predictor_parameters", predictor.num_parameters())
 
+        if params.data.trains_elsewhere:  # the training pools are another dataset's
+            train = load_beir(params.data.train_dataset_dir())
+            train_queries = train.queries_dict()
+            train_texts = {d: document_text(doc) for d, doc in train.corpus_dict().items()}
+        else:
+            train_queries, train_texts = queries, doc_texts
         started = time.perf_counter()
         data = teacher_training_data(
             retriever,
             layout.rank_lists_dir,
             params.data.train_split,
-            queries,
-            doc_texts,
+            train_queries,
+            train_texts,
             cfg.encode_batch_size,
         )
         cache_seconds = time.perf_counter() - started
@@ -165,11 +171,14 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         depth = params.rank_lists.depth
         doc_ids = retrieval_corpus(cfg.corpus, doc_texts, layout.rank_lists_dir)
         started = time.perf_counter()
-        known = {d: i for i, d in enumerate(data.doc_ids)}
+        # Reuse the training pools' embeddings, unless they are another corpus's documents.
+        known = {} if params.data.trains_elsewhere else {d: i for i, d in enumerate(data.doc_ids)}
         fresh = [d for d in doc_ids if d not in known]
+        # Nothing fresh when the training pools already hold the whole corpus (ESConv's 8
+        # strategies), and the tokenizer refuses an empty batch.
         fresh_embs = retriever.encode_documents(
             [doc_texts[d] for d in fresh], cfg.encode_batch_size
-        )
+        ) if fresh else None
         rows = {d: i for i, d in enumerate(fresh)}
         embs = torch.stack(
             [data.doc_embs[known[d]] if d in known else fresh_embs[rows[d]] for d in doc_ids]

@@ -10,6 +10,7 @@ import mlflow
 from components import tracking
 from components.atomic import atomic_path, write_text_atomic
 from components.config import load_params
+from components.data import catalog
 from components.data.beir import load_beir
 from components.evaluation.plots import metric_bars
 from components.evaluation.report import (
@@ -38,13 +39,15 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         dataset = load_beir(dataset_dir)
         qrels = {split: dataset.qrels_dict(split) for split in dataset.splits}
         cfg = params.evaluate
-        rows = evaluate_runs(layout.runs_dir, qrels, cfg.metrics, cfg.test)
+        # evaluate.metrics plus the dataset's own measures (e.g. R@1, R@3 for ESConv strategies)
+        metric_keys = catalog.eval_metrics(params.data.name, cfg.metrics)
+        rows = evaluate_runs(layout.runs_dir, qrels, metric_keys, cfg.test)
         if not rows:
             raise StageFailed(f"no run files under {layout.runs_dir} to evaluate")
         out = layout.eval_dir
-        frame = results_frame(rows, cfg.metrics)
+        frame = results_frame(rows, metric_keys)
         summary = metrics_json(rows)
-        markdown = results_markdown(rows, cfg.metrics, params.data.name, cfg.alpha, cfg.test)
+        markdown = results_markdown(rows, metric_keys, params.data.name, cfg.alpha, cfg.test)
         write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
         write_text_atomic(out / "results.md", markdown)
         with atomic_path(out / "results.csv") as tmp:
@@ -55,7 +58,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
             per_query_frame(rows).to_csv(tmp, index=False)
         with atomic_path(out / "plots") as tmp:
             tmp.mkdir(parents=True)
-            metric_bars(rows, [m for m in cfg.metrics if m != "map"], tmp)
+            metric_bars(rows, metric_keys, tmp)
         mlflow.log_metrics({
             _metric_key(row.split, row.query_set, row.system, metric): value
             for row in rows for metric, value in row.metrics.items()

@@ -56,7 +56,7 @@ def write_corpus_subset(layout, dataset, frames, test_split, train_split) -> Non
     that retrieve over this subset are compared with BM25 over exactly the same documents."""
     pairs = pd.concat(frames, ignore_index=True)
     docs = set(pairs["doc_id"])
-    for split in (test_split, train_split):
+    for split in sorted(set(pairs["split"])):
         qrels = dataset.qrels_dict(split)
         for qid in set(pairs.loc[pairs["split"] == split, "query_id"]):
             docs |= {d for d, grade in qrels.get(qid, {}).items() if grade > 0}
@@ -78,17 +78,23 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
     section = {"rank_lists": cfg.model_dump(), "data": params.data.model_dump()}
     with tracking.stage_run("rank_lists", params.tracking.experiment, section, dataset_dir):
         dataset = load_beir(dataset_dir)
-        corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
+        train = (load_beir(params.data.train_dataset_dir()) if params.data.trains_elsewhere
+                 else dataset)
         reranker = LLMReranker.from_pretrained(
             layout.teacher_model, template=PromptTemplate.load(params.teacher.task),
             max_doc_tokens=params.teacher.max_doc_tokens, bf16=params.teacher.bf16)
         frames, metrics = [], {}
-        splits = [(params.data.test_split, params.data.eval_queries, cfg.depth, False),
-                  (params.data.train_split, cfg.train_queries, cfg.train_depth, True)]
-        for split, n_queries, depth, keep_states in splits:
-            bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{split}.trec")
-            qids = sample_query_ids(dataset.qrels_dict(split), n_queries, params.seed)
-            keys, pairs = candidate_pairs(bm25_run, qids, depth, corpus, queries)
+        test_run = layout.run_dir("bm25") / f"{params.data.test_split}.trec"
+        train_run = layout.train_bm25_run(params.data.train_name, params.data.train_split)
+        splits = [(params.data.test_split, params.data.eval_queries, cfg.depth, False,
+                   dataset, test_run),
+                  (params.data.train_split, cfg.train_queries, cfg.train_depth, True,
+                   train, train_run)]
+        for split, n_queries, depth, keep_states, source, run_path in splits:
+            bm25_run, _ = read_trec_run(run_path)
+            qids = sample_query_ids(source.qrels_dict(split), n_queries, params.seed)
+            keys, pairs = candidate_pairs(bm25_run, qids, depth, source.corpus_dict(),
+                                          source.queries_dict())
             started = time.perf_counter()
             if keep_states:
                 states = reranker.forward_pair_states(pairs, cfg.batch_size, cfg.top_k_logits)
@@ -135,8 +141,9 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                   f"{seconds:.0f}s ({len(pairs) / seconds:.1f} pairs/s)")
         with atomic_path(layout.rank_lists_dir / "pairs.parquet") as tmp:
             pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
-        write_corpus_subset(layout, dataset, frames, params.data.test_split,
-                            params.data.train_split)
+        # The students' corpus holds only the evaluated dataset's documents.
+        write_corpus_subset(layout, dataset, frames[:1] if params.data.trains_elsewhere
+                            else frames, params.data.test_split, params.data.train_split)
         mlflow.log_metrics(metrics)
     return metrics
 

@@ -55,12 +55,15 @@ def train_teacher_stage(params_path: str = "params.yaml") -> str:
     params = load_params(params_path)
     cfg, layout = params.teacher, Layout(params.data.name)
     dataset_dir = params.data.dataset_dir()
+    train_dir = params.data.train_dataset_dir()  # data.train_name (usually data.name)
     section = {"teacher": cfg.model_dump(), "data": params.data.model_dump()}
-    with tracking.stage_run("train_teacher", params.tracking.experiment, section, dataset_dir):
-        dataset = load_beir(dataset_dir)
+    with tracking.stage_run("train_teacher", params.tracking.experiment, section, dataset_dir,
+                            extra_tags={"train_dataset": params.data.train_name}):
+        dataset = load_beir(train_dir)
         qrels = dataset.qrels_dict(params.data.train_split)
         keep = set(sample_query_ids(qrels, params.data.train_queries, params.seed))
-        bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{params.data.train_split}.trec")
+        bm25_run, _ = read_trec_run(layout.train_bm25_run(params.data.train_name,
+                                                          params.data.train_split))
         groups = build_groups(dataset.corpus_dict(), dataset.queries_dict(),
                               {q: r for q, r in qrels.items() if q in keep}, bm25_run,
                               n_negatives=cfg.negatives, depth=cfg.mining_depth,
@@ -82,7 +85,7 @@ def train_teacher_stage(params_path: str = "params.yaml") -> str:
                   f"lr {step.lr:.2e} {step.tokens_per_s:.0f} tok/s {step.elapsed_s:.0f}s")
 
         checkpoints = layout.teacher_checkpoints / run_fingerprint(
-            params, tracking.dvc_data_hash(dataset_dir))
+            params, tracking.dvc_data_hash(train_dir))
         result = train_teacher(layout.base_model, groups, template, train_params(params),
                                checkpoints, layout.teacher_model, on_step=log_step)
         if not result.completed:

@@ -15,6 +15,9 @@ from components.runs import Run
 
 METRIC_LABELS = {
     "ndcg_cut_10": "nDCG@10",
+    "recall_1": "R@1",
+    "recall_3": "R@3",
+    "P_1": "P@1",
     "recall_10": "R@10",
     "recall_100": "R@100",
     "recip_rank_10": "MRR@10",

@@ -100,6 +100,102 @@ def disjoint_splits_check(train_split: str, other_split: str, train: pd.DataFram
     ])
 
 
+# --- Particulars of the bundled datasets (keyed by folder name) ------------------------------
+
+ESCONV_STRATEGY_IDS = ["affirmation-and-reassurance", "information", "other",
+                       "providing-suggestions", "questions", "reflection-of-feelings",
+                       "restatement-or-paraphrasing", "self-disclosure"]
+
+
+def _relevant_per_query(frame: pd.DataFrame) -> pd.DataFrame:
+    graded = frame.assign(grade=pd.to_numeric(frame["score"], errors="coerce"))
+    relevant = graded[graded["grade"] > 0]
+    return relevant.groupby("query-id", sort=True).agg(
+        relevant=("corpus-id", "count"), _line=("_line", "min")).reset_index()
+
+
+def exactly_one_relevant_check(split: str, frame: pd.DataFrame, noun: str) -> Check:
+    return Check(f"one-relevant/{split}", split, _relevant_per_query(frame), [
+        _rule(gxe.ExpectColumnValuesToBeBetween(column="relevant", min_value=1, max_value=1),
+              f"qrels.{split}.one_{noun}_per_query", split,
+              f"every query has exactly one relevant {noun}"),
+    ])
+
+
+def esconv_strategy_checks(dataset) -> list[Check]:
+    checks = [Check("strategies", "corpus", dataset.corpus, [
+        _rule(gxe.ExpectTableRowCountToEqual(value=len(ESCONV_STRATEGY_IDS)),
+              "corpus.eight_strategies", "corpus", "the corpus is the 8 ESConv strategies"),
+        _rule(gxe.ExpectColumnValuesToBeInSet(column="_id", value_set=ESCONV_STRATEGY_IDS),
+              "corpus.strategy_ids", "corpus", "document ids are the 8 strategy ids"),
+    ])]
+    checks += [exactly_one_relevant_check(split, frame, "strategy")
+               for split, frame in sorted(dataset.qrels.items())]
+    return checks
+
+
+def esconv_reply_checks(dataset) -> list[Check]:
+    checks = []
+    for split, frame in sorted(dataset.qrels.items()):
+        checks.append(exactly_one_relevant_check(split, frame, "reply"))
+        pairs = frame.assign(next_reply=frame["query-id"] + "-r")
+        checks.append(Check(f"next-reply/{split}", split, pairs, [
+            _rule(gxe.ExpectColumnPairValuesToBeEqual(column_A="corpus-id",
+                                                      column_B="next_reply"),
+                  f"qrels.{split}.relevant_is_next_reply", split,
+                  "the relevant document of context <id> is its own next reply <id>-r"),
+        ]))
+    return checks
+
+
+def robot_instructions_checks(dataset) -> list[Check]:
+    """Test instructions are unseen in training: compared as text, not only by id."""
+    if "train" not in dataset.qrels or "test" not in dataset.qrels:
+        return []
+    text = dict(zip(dataset.queries["_id"], dataset.queries["text"], strict=True))
+
+    def normalised(qid):
+        return " ".join(str(text.get(qid, "")).lower().split())
+
+    train_texts = sorted({normalised(q) for q in dataset.qrels["train"]["query-id"]})
+    test = dataset.qrels["test"].drop_duplicates("query-id")[["query-id", "_line"]]
+    test = test.assign(instruction=[normalised(q) for q in test["query-id"]])
+    return [Check("unseen-instructions/test", "test", test, [
+        _rule(gxe.ExpectColumnValuesToNotBeInSet(column="instruction", value_set=train_texts),
+              "qrels.test.instruction_unseen_in_train", "test",
+              "no test instruction's text occurs among the training instructions"),
+    ])]
+
+
+def trec_dl19_checks(dataset) -> list[Check]:
+    checks = []
+    for split, frame in sorted(dataset.qrels.items()):
+        checks.append(Check(f"graded/{split}", split, frame, [
+            _rule(gxe.ExpectColumnValuesToBeInSet(column="score", value_set=["1", "2", "3"]),
+                  f"qrels.{split}.grades_1_to_3", split,
+                  "judged passages carry grades 1-3 (grade-0 passages are not bundled)"),
+            _rule(gxe.ExpectColumnUniqueValueCountToBeBetween(column="score", min_value=3),
+                  f"qrels.{split}.graded", split, "all three relevance grades occur"),
+        ]))
+    return checks
+
+
+def binary_qrels_checks(dataset) -> list[Check]:
+    return [Check(f"binary/{split}", split, frame, [
+        _rule(gxe.ExpectColumnValuesToBeInSet(column="score", value_set=["1"]),
+              f"qrels.{split}.binary", split, "SciFact judgements are binary (grade 1)"),
+    ]) for split, frame in sorted(dataset.qrels.items())]
+
+
+PARTICULARS = {
+    "scifact": binary_qrels_checks,
+    "esconv-strategy": esconv_strategy_checks,
+    "esconv-reply": esconv_reply_checks,
+    "robot-instructions": robot_instructions_checks,
+    "trec-dl19-subset": trec_dl19_checks,
+}
+
+
 def build_checks(dataset, params: ValidationParams, train_split: str) -> list[Check]:
     query_ids = sorted(dataset.queries["_id"].dropna().unique())
     doc_ids = sorted(dataset.corpus["_id"].dropna().unique())
@@ -117,6 +213,9 @@ def build_checks(dataset, params: ValidationParams, train_split: str) -> list[Ch
             if split != train_split:
                 checks.append(disjoint_splits_check(train_split, split,
                                                     dataset.qrels[train_split], frame))
+    particulars = PARTICULARS.get(dataset.name)
+    if particulars is not None:
+        checks += particulars(dataset)
     return checks
 
 
