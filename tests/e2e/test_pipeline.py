@@ -36,12 +36,15 @@ def test_pipeline_produces_outputs_and_metrics(pipeline_result):
     root, result = pipeline_result
     out = root / "outputs" / MINI
     for path in ["validation/report.json", "validation/report.md", "bm25/index",
-                 "runs/bm25/test.trec", "runs/bm25/train.trec", "eval/metrics.json",
-                 "eval/results.md", "eval/results.csv"]:
+                 "runs/bm25/test.trec", "runs/bm25/train.trec", "runs/bm25/cost.json",
+                 "runs/dense/test.trec", "runs/dense/cost.json", "eval/metrics.json",
+                 "eval/results.md", "eval/results.csv", "eval/plot.csv",
+                 "eval/plots/metrics_test_all.png", "promotion/decisions.json"]:
         assert (out / path).exists(), path
     metrics = json.loads((out / "eval/metrics.json").read_text())
     bm25 = metrics["test"]["all"]["BM25"]
     assert bm25["queries"] == 40
+    assert metrics["test"]["all"]["Dense (MiniLM-L6)"]["queries"] == 40
     assert 0.5 < bm25["ndcg_cut_10"] <= 1.0  # a 500-doc corpus is easier than the full one
     shown = run(["dvc", "metrics", "show", "--json"], root).stdout
     assert "ndcg_cut_10" in shown
@@ -75,17 +78,27 @@ def test_mlflow_groups_stage_runs_under_the_pipeline_run(pipeline_result):
     assert "eval/results.md" in artifacts and "eval/metrics.json" in artifacts
 
 
-def test_models_are_registered_as_challengers_and_load(pipeline_result):
+def test_models_are_registered_promoted_and_load(pipeline_result):
     import mlflow
     import pandas as pd
 
     root, _ = pipeline_result
+    decisions = json.loads((root / "outputs" / MINI / "promotion/decisions.json").read_text())
+    assert {d["model"]: d["verdict"] for d in decisions} == {
+        "teacher-reranker": "promoted", "rabtriever": "promoted", "dgr": "promoted"}
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     try:
         client = MlflowClient()
         for name in ("teacher-reranker", "rabtriever", "dgr"):
             assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
-        teacher = mlflow.pyfunc.load_model("models:/teacher-reranker@challenger")
+            # The first version wins by default: champion after the pipeline's promote stage.
+            assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+        for name in ("rabtriever", "dgr"):
+            assert mlflow.pyfunc.load_model(f"models:/{name}@champion") is not None
+        promotion = mlflow.search_runs(experiment_names=["promotion"], output_format="list")
+        assert {r.data.tags["model"] for r in promotion} == {"teacher-reranker", "rabtriever",
+                                                              "dgr"}
+        teacher = mlflow.pyfunc.load_model("models:/teacher-reranker@champion")
         scores = teacher.predict(pd.DataFrame({"query": ["a claim", "a claim"],
                                                "document": ["one text", "another text"]}))
         assert scores["score"].notna().all() and len(scores) == 2
