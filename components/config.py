@@ -170,7 +170,7 @@ class JepaParams(Section):
 class DGRParams(Section):
     views: list[Literal["title", "semantic_id", "span", "terms"]] = ["semantic_id", "span"]
     view_weights: dict[str, float] = {"semantic_id": 1.0, "span": 1.0}
-    eval_queries: int = Field(30, ge=0)
+    eval_queries: int = Field(20, ge=0)
     semantic_dims: int = Field(64, ge=2)
     teacher_run: str = "teacher"
     train_mode: Literal["full", "top_layers"] = "top_layers"
