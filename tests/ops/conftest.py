@@ -82,24 +82,34 @@ class PrefectAPI:
             if flow_run["state_type"] in TERMINAL:
                 return flow_run
             time.sleep(1)
+        tail = self.logs(flow_run_id, timeout_s=0)[-3000:]
         raise AssertionError(f"flow run {flow_run_id} not finished in {timeout_s} s "
-                             f"(state {flow_run['state_type']})\n{self.logs(flow_run_id)[-3000:]}")
+                             f"(state {flow_run['state_type']})\n{tail}")
 
     def task_runs(self, flow_run_id: str) -> dict[str, dict]:
         runs = self.post("/task_runs/filter",
                          {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
         return {r["name"].split("-")[0]: r for r in runs}
 
-    def logs(self, flow_run_id: str) -> str:
-        lines, offset = [], 0
+    def logs(self, flow_run_id: str, timeout_s: float = 30) -> str:
+        """The run's log lines. A run's state reaches the server before its last log batch,
+        so wait for the engine's closing line."""
+        deadline = time.monotonic() + timeout_s
         while True:
-            page = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}},
-                                              "sort": "TIMESTAMP_ASC", "limit": 200,
-                                              "offset": offset})
-            lines += [entry["message"] for entry in page]
-            if len(page) < 200:
-                return "\n".join(lines)
-            offset += 200
+            lines, offset = [], 0
+            while True:
+                page = self.post("/logs/filter", {
+                    "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC",
+                    "limit": 200, "offset": offset})
+                lines += [entry["message"] for entry in page]
+                if len(page) < 200:
+                    break
+                offset += 200
+            text = "\n".join(lines)
+            if (lines and lines[-1].startswith("Finished in state")) or (
+                    time.monotonic() > deadline):
+                return text
+            time.sleep(1)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -27,6 +28,7 @@ def test_start_reports_the_uis_and_status_sees_three_services(services):
 
 
 def test_deployment_has_the_cron_schedule_from_params_and_one_run_at_a_time(services):
+    """(Checked before any run: the scheduled runs below come from the server's scheduler.)"""
     params = yaml.safe_load((services.root / "params.yaml").read_text())["schedule"]
     deployment = services.prefect.deployment(params["deployment"])
     (schedule,) = deployment["schedules"]
@@ -37,9 +39,19 @@ def test_deployment_has_the_cron_schedule_from_params_and_one_run_at_a_time(serv
     assert deployment["entrypoint"] == "flows.pipeline.pipeline"
     assert {"profile", "dataset", "overrides", "stages"} <= set(
         deployment["parameter_openapi_schema"]["properties"])  # the UI's run form
-    scheduled = services.prefect.post("/flow_runs/filter", {
-        "deployments": {"id": {"any_": [deployment["id"]]}},
-        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 5})
+
+
+def test_server_schedules_nightly_runs(pipeline_run, services):
+    """The scheduler service fills in the coming runs (every 60 s; by now it has run)."""
+    deployment = services.prefect.deployment("nightly")
+    deadline = time.monotonic() + 90
+    while True:
+        scheduled = services.prefect.post("/flow_runs/filter", {
+            "deployments": {"id": {"any_": [deployment["id"]]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 5})
+        if scheduled or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert scheduled, "the server created no scheduled runs"
     assert all(r["expected_start_time"][11:16] == "02:00" for r in scheduled)
 
