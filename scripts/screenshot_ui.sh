@@ -14,5 +14,6 @@ trap 'rm -rf "$profile"' EXIT
 "$browser" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --hide-scrollbars --user-data-dir="$profile" --window-size="$size" \
-  --virtual-time-budget=20000 --screenshot="$out" "$url" >/dev/null 2>&1
+  --run-all-compositor-stages-before-draw --virtual-time-budget=60000 \
+  --screenshot="$out" "$url" >/dev/null 2>&1
 test -s "$out"
