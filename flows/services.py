@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -181,6 +182,11 @@ def _wait(check, service: Service, timeout_s: float) -> None:
     raise StartFailed(service, f"did not answer within {timeout_s:.0f} s")
 
 
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _ok(url: str) -> bool:
     return requests.get(url, timeout=2).status_code == 200
 
@@ -217,6 +223,11 @@ def start(
         typer.echo(f"already running: {names}; `python -m flows.services stop` first", err=True)
         raise typer.Exit(1)
     schedule = load_params(repo_root() / params).schedule  # a bad params file fails here
+    for port in (prefect_port, mlflow_port):
+        if _port_in_use(port):  # else a foreign server there would pass our health checks
+            typer.echo(f"127.0.0.1:{port} is in use; pick another port (--prefect-port, "
+                       "--mlflow-port)", err=True)
+            raise typer.Exit(1)
     state_dir().mkdir(exist_ok=True)
     base_env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     services: list[Service] = []

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
 import yaml
@@ -94,12 +95,21 @@ def test_dvc_sees_the_run_outputs_as_up_to_date(pipeline_run, services):
     assert "Running stage" not in repro.stdout
 
 
-def test_second_run_skips_every_unchanged_stage(pipeline_run, services):
-    flow_run_id = services.prefect.trigger("nightly", {"stages": RUN_STAGES})
-    flow_run = services.prefect.wait(flow_run_id)
-    logs = services.prefect.logs(flow_run_id)
-    assert flow_run["state_type"] == "COMPLETED", logs[-3000:]
-    assert "stages: " + ", ".join(f"{s}=skipped" for s in RUN_STAGES) in logs
+def test_later_runs_skip_every_unchanged_stage_one_run_at_a_time(pipeline_run, services):
+    """Two runs started together: both skip everything, and the second waits for the first."""
+    ids = [services.prefect.trigger("nightly", {"stages": RUN_STAGES}) for _ in range(2)]
+    runs = [services.prefect.wait(flow_run_id) for flow_run_id in ids]
+    for flow_run in runs:
+        logs = services.prefect.logs(flow_run["id"])
+        assert flow_run["state_type"] == "COMPLETED", logs[-3000:]
+        assert "stages: " + ", ".join(f"{s}=skipped" for s in RUN_STAGES) in logs
+    (start_a, end_a), (start_b, _) = sorted(
+        (_when(r["start_time"]), _when(r["end_time"])) for r in runs)
+    assert start_b >= end_a, "the two runs overlapped"
+
+
+def _when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def test_failed_validation_is_a_failed_run_whose_logs_name_the_report(pipeline_run, services):

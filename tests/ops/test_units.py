@@ -129,3 +129,19 @@ def test_terminate_stops_a_process_group_and_its_detached_children():
     assert not is_alive(service)
     assert not [pid for pid in tree if os.path.exists(f"/proc/{pid}")
                 and open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z"]
+
+
+def test_start_refuses_a_port_already_in_use(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "RERANK_DISTILL_ROOT": str(tmp_path)}
+        (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+        result = subprocess.run([sys.executable, "-m", "flows.services", "start",
+                                 "--prefect-port", str(port)], cwd=REPO_ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and f"127.0.0.1:{port} is in use" in result.stderr
+    assert not (tmp_path / ".run" / "services.json").exists()
