@@ -75,6 +75,10 @@ def test_triggered_run_completes_with_each_stage_as_a_task_run(pipeline_run, ser
 def test_run_is_tracked_through_the_mlflow_server(pipeline_run, services):
     client = MlflowClient(tracking_uri=services.mlflow_url)
     experiment = client.get_experiment_by_name("rerank-distill")
+    # Created over HTTP (a direct sqlite client would have set file://.../mlruns), with the
+    # artifacts proxied by the server into the repo's mlruns/.
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
+    assert list((services.root / "mlruns").rglob("MLmodel"))
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("stage") == "pipeline")
     assert parent.data.tags["profile"] == "test" and parent.data.tags["dataset"] == MINI
