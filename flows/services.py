@@ -279,11 +279,16 @@ def start(
     typer.echo(f"ids recorded in {state_file()}; stop with `python -m flows.services stop`")
 
 
-def _stop(services: list[Service]) -> None:
+def _stop(services: list[Service], report: bool = False) -> None:
+    """Terminate in STOP_ORDER (the deployment first, the server last); forget the ids."""
     by_name = {s.name: s for s in services}
     for name in STOP_ORDER:
         if name in by_name:
-            terminate(by_name[name])
+            service = by_name[name]
+            if report:
+                typer.echo(f"stopping {name} (pid {service.pid})"
+                           + ("" if is_alive(service) else ": not running"))
+            terminate(service)
     if state_file().is_file():
         state_file().unlink()
 
@@ -295,10 +300,7 @@ def stop() -> None:
     if not services:
         typer.echo("nothing recorded in .run/services.json")
         return
-    for service in services:
-        typer.echo(f"stopping {service.name} (pid {service.pid})"
-                   + ("" if is_alive(service) else ": not running"))
-    _stop(services)
+    _stop(services, report=True)
 
 
 @app.command()

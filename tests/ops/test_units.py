@@ -145,3 +145,19 @@ def test_start_refuses_a_port_already_in_use(tmp_path):
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and f"127.0.0.1:{port} is in use" in result.stderr
     assert not (tmp_path / ".run" / "services.json").exists()
+
+
+def test_stop_terminates_the_recorded_ids_deployment_first(tmp_path):
+    started = {name: subprocess.Popen(["sleep", f"30{i}"], start_new_session=True)
+               for i, name in enumerate(["prefect", "mlflow", "serve"])}
+    (tmp_path / ".run").mkdir()
+    (tmp_path / ".run/services.json").write_text(json.dumps({"services": [
+        {"name": name, "pid": p.pid, "url": "", "log": "", "command": ["sleep", f"30{i}"]}
+        for i, (name, p) in enumerate(started.items())]}))
+    env = {**os.environ, "RERANK_DISTILL_ROOT": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "flows.services", "stop"], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert [line.split()[1] for line in result.stdout.splitlines()] == [
+        "serve", "mlflow", "prefect"]
+    assert all(p.wait(timeout=5) == -15 for p in started.values())  # SIGTERM
+    assert not (tmp_path / ".run/services.json").exists()
