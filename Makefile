@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: pipeline test setup data lint summary
+.PHONY: pipeline test setup data lint summary up down
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -26,3 +26,11 @@ summary: setup
 
 lint: setup
 	ruff check components flows tests scripts
+
+# The Prefect UI (127.0.0.1:4200), the MLflow UI (127.0.0.1:5000) and the scheduled pipeline
+# deployment; `down` stops them by their recorded ids (README, "Operations").
+up: data
+	python -m flows.services start
+
+down:
+	python -m flows.services stop

@@ -7,6 +7,7 @@ Each stage reads only its own section (plus `data` and `seed`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -213,6 +214,34 @@ class TrackingParams(Section):
     experiment: str = "rerank-distill"
 
 
+class DistributedParams(Section):
+    """How train_teacher's training is launched. Not a DVC param of the stage: every optimizer
+    step consumes the same global batch whatever the process count, so the result does not
+    depend on it."""
+
+    num_processes: int = Field(1, ge=1)  # >1: training runs under `launcher`, one per rank
+    launcher: Literal["torchrun", "deepspeed"] = "torchrun"
+
+
+class ScheduleParams(Section):
+    """The Prefect deployment of the whole pipeline (`python -m flows.deploy`)."""
+
+    deployment: str = "nightly"
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        # The shape only (components/ does not import Prefect); flows.deploy hands the
+        # expression to Prefect's own cron parser, which rejects a bad field before serving.
+        fields = value.split()
+        if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,\-?LW#]+", f) for f in fields):
+            raise ValueError(f"a cron expression has 5 fields (min hour day month weekday), "
+                             f"got {value!r}")
+        return value
+
+
 class Params(Section):
     profile: str = "cpu"
     seed: int = 42
@@ -229,6 +258,8 @@ class Params(Section):
     biencoder: BiEncoderParams = BiEncoderParams()
     promote: PromoteParams = PromoteParams()
     tracking: TrackingParams = TrackingParams()
+    distributed: DistributedParams = DistributedParams()
+    schedule: ScheduleParams = ScheduleParams()
 
     @model_validator(mode="before")
     @classmethod
@@ -277,3 +308,69 @@ def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(_describe(exc, path)) from None
+
+
+def profile_path(profile: str, root: Path | None = None) -> Path:
+    """A profile by name (`configs/profiles/<name>.yaml`) or by path."""
+    root = root or repo_root()
+    named = root / "configs" / "profiles" / f"{profile}.yaml"
+    path = named if named.is_file() else (root / profile)
+    if not path.is_file():
+        known = sorted(p.stem for p in (root / "configs" / "profiles").glob("*.yaml"))
+        raise ParamsError(f"profile {profile!r}: no such file (known profiles: {known})")
+    return path
+
+
+def write_params(target: Path, profile: str = "", overrides: dict[str, Any] | None = None,
+                 root: Path | None = None) -> list[str]:
+    """Make `target` (params.yaml) the given profile plus dotted-key overrides.
+
+    The way `cp configs/profiles/gpu.yaml params.yaml` and `dvc exp run -S key=value` change
+    the workspace: DVC reads params.yaml, so a run with other settings must write them there.
+    Comments survive (ruamel round trip). The result is validated before anything is
+    written; nothing is written when it equals the current file. Returns what changed.
+    """
+    from io import StringIO
+
+    from ruamel.yaml import YAML
+
+    source = profile_path(profile, root) if profile else target
+    rt = YAML()
+    rt.preserve_quotes = True
+    document = rt.load(source.read_text(encoding="utf-8"))
+    for dotted, value in (overrides or {}).items():
+        node = document
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if part not in node or not isinstance(node[part], dict):
+                raise ParamsError(f"override {dotted}: no section {part!r} in params")
+            node = node[part]
+        node[leaf] = value
+    buffer = StringIO()
+    rt.dump(document, buffer)
+    text = buffer.getvalue()
+    before = target.read_text(encoding="utf-8") if target.is_file() else ""
+    if text == before:
+        return []
+    staged = target.with_name(f".{target.name}.new")
+    staged.write_text(text, encoding="utf-8")
+    try:
+        new = load_params(staged)
+    except ParamsError:
+        staged.unlink()
+        raise
+    old = load_params(target) if before else None
+    staged.replace(target)
+    new_flat, old_flat = _flat(new.model_dump()), _flat(old.model_dump()) if old else {}
+    return [f"{key}: {old_flat.get(key)!r} -> {value!r}" for key, value in new_flat.items()
+            if old_flat.get(key) != value]
+
+
+def _flat(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in section.items():
+        if isinstance(value, dict) and key != "view_weights":
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

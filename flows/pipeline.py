@@ -6,7 +6,8 @@ of what was produced. The flow opens an MLflow parent run; stage processes see i
 PIPELINE_MLFLOW_RUN_ID and log as its children.
 
 Run: `python -m flows.pipeline` (starts a temporary Prefect server when PREFECT_API_URL is
-unset, shared by the stage processes).
+unset, shared by the stage processes). `flows.deploy` serves this flow as the scheduled
+deployment; its run parameters (profile, dataset, overrides, stages) can be set in the UI.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import typer
@@ -22,7 +24,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 
 from components import tracking
-from components.config import load_params
+from components.config import ParamsError, load_params, write_params
 from components.settings import repo_root
 
 
@@ -56,9 +58,46 @@ def run_stage(stage: str) -> str:
     return "skipped" if any("didn't change, skipping" in line for line in lines) else "ran"
 
 
+def apply_run_settings(params_path: str, profile: str, dataset: str,
+                       overrides: dict[str, Any] | None) -> None:
+    """Write a run's profile/dataset/overrides into the params file DVC reads."""
+    overrides = dict(overrides or {})
+    if dataset:
+        overrides["data.name"] = dataset
+    if not profile and not overrides:
+        return
+    target = repo_root() / params_path
+    changes = write_params(target, profile=profile, overrides=overrides)
+    logger = get_run_logger()
+    if not changes:
+        logger.info("%s already holds this run's settings", params_path)
+    for change in changes:
+        logger.info("%s: %s", params_path, change)
+    if changes:
+        logger.warning("%s now holds this run's settings; later runs (and `dvc repro`) use "
+                       "them until it is changed back", params_path)
+
+
 @flow(name="pipeline", log_prints=True)
-def pipeline(params_path: str = "params.yaml") -> dict[str, str]:
-    params = load_params(params_path)  # fail fast on a bad params.yaml, before any stage
+def pipeline(params_path: str = "params.yaml", profile: str = "", dataset: str = "",
+             overrides: dict[str, Any] | None = None,
+             stages: list[str] | None = None) -> dict[str, str]:
+    """Every DVC stage in order, each skipped by DVC when nothing it depends on changed.
+
+    Args:
+        params_path: the parameters file (DVC's stages read params.yaml).
+        profile: a profile in configs/profiles/ (e.g. "gpu") or a path: written over the
+            parameters file before the run. Empty: the file as it is.
+        dataset: a dataset folder under data.root (sets data.name). Empty: as in the file.
+        overrides: dotted keys and values written into the file, e.g. {"bm25.k1": 1.2}.
+        stages: run only these stages (in pipeline order). Empty: all of them.
+    """
+    order = stage_order()
+    unknown = sorted(set(stages or []) - set(order))
+    if unknown:
+        raise ParamsError(f"unknown stage(s) {unknown}; the stages are {order}")
+    apply_run_settings(params_path, profile, dataset, overrides)
+    params = load_params(repo_root() / params_path)  # fail fast on bad params, before any stage
     tracking.check_tracking_server()
     experiment_id = tracking.ensure_experiment(params.tracking.experiment)
     outcomes: dict[str, str] = {}
@@ -68,7 +107,9 @@ def pipeline(params_path: str = "params.yaml") -> dict[str, str]:
         mlflow.log_params(tracking.flatten(params.model_dump()))
         os.environ[tracking.PARENT_RUN_ENV] = run.info.run_id
         try:
-            for stage in stage_order():
+            for stage in order:
+                if stages and stage not in stages:
+                    continue
                 outcomes[stage] = run_stage.with_options(name=stage)(stage)
                 mlflow.set_tag(f"stage.{stage}", outcomes[stage])
         finally:

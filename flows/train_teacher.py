@@ -8,9 +8,9 @@ to MLflow with its prompt template and registered as `teacher-reranker@challenge
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -18,36 +18,53 @@ import mlflow
 
 from components import registry, tracking
 from components.config import load_params
-from components.data.beir import load_beir
-from components.data.sampling import sample_query_ids
 from components.layout import Layout
-from components.models.prompts import TEMPLATES_PATH, PromptTemplate
+from components.models.prompts import TEMPLATES_PATH
 from components.models.teacher_pyfunc import log_teacher_model
-from components.runs import read_trec_run
-from components.training.deepspeed_trainer import TrainParams, train_teacher
-from components.training.teacher_data import build_groups
+from components.training.deepspeed_trainer import StepMetrics, TrainResult, train_teacher
 from flows._stage import StageFailed, run_cli, stage_flow
+from flows.teacher_worker import (
+    launch_command,
+    launch_env,
+    parse_step,
+    train_params,
+    training_inputs,
+)
 
 REGISTERED_NAME = "teacher-reranker"
 
 
-def train_params(params) -> TrainParams:
-    cfg = params.teacher
-    return TrainParams(
-        train_mode=cfg.train_mode, top_layers=cfg.top_layers, lora_r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio,
-        max_steps=cfg.max_steps, micro_batch_groups=cfg.micro_batch_groups,
-        global_batch_groups=cfg.global_batch_groups, max_doc_tokens=cfg.max_doc_tokens,
-        temperature=cfg.temperature, bf16=cfg.bf16, zero_stage=cfg.zero_stage,
-        checkpoint_every=cfg.checkpoint_every, seed=params.seed)
-
-
-def run_fingerprint(params, data_hash: str) -> str:
-    """Checkpoints are only resumed by a run with the same settings and data."""
-    key = json.dumps({"teacher": params.teacher.model_dump(), "seed": params.seed,
-                      "base": params.base_model.model_dump(), "data": data_hash,
-                      "train_queries": params.data.train_queries}, sort_keys=True)
-    return hashlib.sha1(key.encode()).hexdigest()[:12]
+def train_launched(params, params_path: str, on_step) -> TrainResult:
+    """`distributed.num_processes` ranks of flows.teacher_worker under the chosen launcher."""
+    dist = params.distributed
+    with tempfile.TemporaryDirectory() as workdir:
+        result_path = Path(workdir) / "result.json"
+        command = launch_command(dist.num_processes, dist.launcher, params_path, result_path)
+        print("$ " + " ".join(command))
+        process = subprocess.Popen(command, env=launch_env(dist.num_processes),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for line in process.stdout:
+                step = parse_step(line)
+                if step is not None:
+                    on_step(step)
+                elif line.strip():
+                    print(line.rstrip())
+            process.wait()
+        except BaseException:
+            process.terminate()  # both launchers pass SIGTERM on to their ranks
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
+        if process.returncode != 0 or not result_path.is_file():
+            raise StageFailed(f"{dist.launcher} with {dist.num_processes} processes failed "
+                              f"(exit {process.returncode})")
+        raw = json.loads(result_path.read_text())
+    raw["output_dir"] = Path(raw["output_dir"]) if raw["output_dir"] else None
+    return TrainResult(**raw)
 
 
 @stage_flow("train_teacher")
@@ -55,22 +72,14 @@ def train_teacher_stage(params_path: str = "params.yaml") -> str:
     params = load_params(params_path)
     cfg, layout = params.teacher, Layout(params.data.name)
     dataset_dir = params.data.dataset_dir()
-    train_dir = params.data.train_dataset_dir()  # data.train_name (usually data.name)
-    section = {"teacher": cfg.model_dump(), "data": params.data.model_dump()}
+    section = {"teacher": cfg.model_dump(), "data": params.data.model_dump(),
+               "distributed": params.distributed.model_dump()}
     with tracking.stage_run("train_teacher", params.tracking.experiment, section, dataset_dir,
                             extra_tags={"train_dataset": params.data.train_name}):
-        dataset = load_beir(train_dir)
-        qrels = dataset.qrels_dict(params.data.train_split)
-        keep = set(sample_query_ids(qrels, params.data.train_queries, params.seed))
-        bm25_run, _ = read_trec_run(layout.train_bm25_run(params.data.train_name,
-                                                          params.data.train_split))
-        groups = build_groups(dataset.corpus_dict(), dataset.queries_dict(),
-                              {q: r for q, r in qrels.items() if q in keep}, bm25_run,
-                              n_negatives=cfg.negatives, depth=cfg.mining_depth,
-                              seed=params.seed)
+        inputs = training_inputs(params)
+        groups, template = inputs.groups, inputs.template
         if not groups:
             raise StageFailed("no training groups: no training query has a relevant document")
-        template = PromptTemplate.load(cfg.task)
         needed = cfg.max_steps * cfg.global_batch_groups
         print(f"{len(groups)} training groups of 1+{cfg.negatives}; {cfg.max_steps} steps x "
               f"{cfg.global_batch_groups} groups = {needed} groups "
@@ -78,16 +87,17 @@ def train_teacher_stage(params_path: str = "params.yaml") -> str:
         mlflow.log_params({"train_groups": len(groups), "template_version": template.version})
         mlflow.log_dict(template.to_dict(), "prompt_template.json")
 
-        def log_step(step):
+        def log_step(step: StepMetrics) -> None:
             mlflow.log_metrics({"loss": step.loss, "lr": step.lr,
                                 "tokens_per_s": step.tokens_per_s}, step=step.step)
             print(f"step {step.step}/{step.total_steps} loss {step.loss:.4f} "
                   f"lr {step.lr:.2e} {step.tokens_per_s:.0f} tok/s {step.elapsed_s:.0f}s")
 
-        checkpoints = layout.teacher_checkpoints / run_fingerprint(
-            params, tracking.dvc_data_hash(train_dir))
-        result = train_teacher(layout.base_model, groups, template, train_params(params),
-                               checkpoints, layout.teacher_model, on_step=log_step)
+        if params.distributed.num_processes > 1:
+            result = train_launched(params, params_path, log_step)
+        else:
+            result = train_teacher(layout.base_model, groups, template, train_params(params),
+                                   inputs.checkpoints, layout.teacher_model, on_step=log_step)
         if not result.completed:
             raise StageFailed(f"training stopped at step {result.steps}/{result.total_steps}")
         shutil.rmtree(layout.teacher_checkpoints, ignore_errors=True)  # done: no resume needed

@@ -79,7 +79,12 @@ def write_mini_scifact(source: Path, dest: Path, seed: int = 0) -> None:
 
 @pytest.fixture(scope="session")
 def repo_copy(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project") / "repo"
+    return make_project_copy(tmp_path_factory.mktemp("project") / "repo")
+
+
+def make_project_copy(root: Path) -> Path:
+    """A committed copy of the work tree at `root` with the bundled data pulled, the mini
+    dataset beside it (untracked) and params.yaml set to the small test profile."""
     root.mkdir()
     copy_worktree(root)
     run(["git", "init", "-q", "-b", "main"], root)
