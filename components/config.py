@@ -190,3 +190,20 @@ def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(_describe(exc, path)) from None
+
+
+def require_dataset(params: Params, params_path: str | Path) -> Path:
+    """The dataset folder params name; a ParamsError naming `data.name` when it is missing.
+
+    Checked before any work: a misspelt dataset name would otherwise surface as a missing
+    file deep in some stage.
+    """
+    folder = params.data.dataset_dir()
+    if folder.is_dir():
+        return folder
+    parent = folder.parent
+    have = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    raise ParamsError(
+        f"{params_path}: invalid parameters\n  - data.name: dataset folder {folder} does not "
+        f"exist (data.name must name a folder under data.root; found: {', '.join(have) or 'none'})"
+    )

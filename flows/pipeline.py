@@ -21,8 +21,9 @@ import yaml
 from prefect import flow, get_run_logger, task
 
 from components import tracking
-from components.config import load_params
+from components.config import Params, ParamsError, load_params, require_dataset
 from components.settings import repo_root
+from components.tracking import TrackingUnavailable
 
 
 def stage_order() -> list[str]:
@@ -52,10 +53,18 @@ def run_stage(stage: str) -> str:
     return "skipped" if any("didn't change, skipping" in line for line in lines) else "ran"
 
 
+def preflight(params_path: str) -> Params:
+    """What must hold before any stage runs: valid params, the dataset folder, a reachable
+    MLflow tracking server. Each failure raises with the file, key or URI named."""
+    params = load_params(params_path)
+    require_dataset(params, params_path)
+    tracking.check_tracking_server()
+    return params
+
+
 @flow(name="pipeline", log_prints=True)
 def pipeline(params_path: str = "params.yaml") -> dict[str, str]:
-    params = load_params(params_path)  # fail fast on a bad params.yaml, before any stage
-    tracking.check_tracking_server()
+    params = preflight(params_path)
     experiment_id = tracking.ensure_experiment(params.tracking.experiment)
     outcomes: dict[str, str] = {}
     tags = {"stage": "pipeline", "dataset": params.data.name, "profile": params.profile,
@@ -74,6 +83,11 @@ def pipeline(params_path: str = "params.yaml") -> dict[str, str]:
 
 
 def main(params: str = typer.Option("params.yaml", help="Parameters file.")) -> None:
+    try:  # before the Prefect server starts: a bad setting costs seconds, not a server start
+        preflight(params)
+    except (ParamsError, TrackingUnavailable) as exc:
+        typer.echo(f"pipeline failed: {exc}", err=True)
+        sys.exit(1)
     server = None
     if not os.environ.get("PREFECT_API_URL"):
         # One temporary server for the flow and all stage processes (instead of each stage

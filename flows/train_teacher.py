@@ -8,8 +8,6 @@ to MLflow with its prompt template and registered as `teacher-reranker@challenge
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,7 +18,7 @@ from components import registry, tracking
 from components.config import load_params
 from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
-from components.layout import Layout
+from components.layout import Layout, run_key
 from components.models.prompts import TEMPLATES_PATH, PromptTemplate
 from components.models.teacher_pyfunc import log_teacher_model
 from components.runs import read_trec_run
@@ -44,10 +42,9 @@ def train_params(params) -> TrainParams:
 
 def run_fingerprint(params, data_hash: str) -> str:
     """Checkpoints are only resumed by a run with the same settings and data."""
-    key = json.dumps({"teacher": params.teacher.model_dump(), "seed": params.seed,
-                      "base": params.base_model.model_dump(), "data": data_hash,
-                      "train_queries": params.data.train_queries}, sort_keys=True)
-    return hashlib.sha1(key.encode()).hexdigest()[:12]
+    return run_key({"teacher": params.teacher.model_dump(), "seed": params.seed,
+                    "base": params.base_model.model_dump(), "data": data_hash,
+                    "train_queries": params.data.train_queries})
 
 
 @stage_flow("train_teacher")
@@ -87,7 +84,6 @@ def train_teacher_stage(params_path: str = "params.yaml") -> str:
                                checkpoints, layout.teacher_model, on_step=log_step)
         if not result.completed:
             raise StageFailed(f"training stopped at step {result.steps}/{result.total_steps}")
-        shutil.rmtree(layout.teacher_checkpoints, ignore_errors=True)  # done: no resume needed
         mlflow.log_metrics({"final_loss": result.losses[-1] if result.losses else float("nan"),
                             "steps": result.steps})
         with tempfile.TemporaryDirectory() as workdir:
@@ -95,6 +91,8 @@ def train_teacher_stage(params_path: str = "params.yaml") -> str:
                                      cfg.max_doc_tokens, cfg.bf16, Path(workdir),
                                      registered_name=REGISTERED_NAME)
         registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
+        # Kept until the stage is done: a run killed after training resumes at its last step.
+        shutil.rmtree(layout.teacher_checkpoints, ignore_errors=True)
         print(f"registered {REGISTERED_NAME} v{info.registered_model_version} as challenger")
     return str(layout.teacher_model)
 
