@@ -1,7 +1,8 @@
 """A working copy of the repository in a tmp dir, with a small SciFact subset as its data.
 
 The copy holds the tracked and untracked-but-not-ignored files (what a fresh clone plus
-the current edits would hold), its own git history, mlflow.db and PREFECT_HOME.
+the current edits would hold), its own git history, mlflow.db and PREFECT_HOME. The fixture
+itself lives in tests/conftest.py, so that every test folder shares one copy per session.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from components.settings import REPO_ROOT
@@ -77,9 +77,8 @@ def write_mini_scifact(source: Path, dest: Path, seed: int = 0) -> None:
         (dest / "qrels" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
 
 
-@pytest.fixture(scope="session")
-def repo_copy(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project") / "repo"
+def make_repo_copy(root: Path) -> Path:
+    """Build the copy in `root` (a new folder): the `repo_copy` fixture of tests/conftest.py."""
     root.mkdir()
     copy_worktree(root)
     run(["git", "init", "-q", "-b", "main"], root)
@@ -117,4 +116,4 @@ def apply_test_profile(params: dict, tiny_model: Path) -> None:
     params["rank_lists"].update(train_queries=6, depth=5, train_depth=4, top_k_logits=16)
     params["jepa"].update(epochs=2, predictor_width=64, top_m=2, full_k=20)
     params["dgr"].update(stage1_steps=3, stage2_steps=2, batch_size=2, num_beams=3,
-                         top_layers=1, num_passages=3, semantic_dims=8)
+                         top_layers=1, num_passages=3, semantic_dims=8, checkpoint_every=1)
