@@ -1,5 +1,6 @@
 """Safety rules read from the code, and fail-fast on an unreachable MLflow tracking server.
 
+- Stages write files only through `components.atomic` (a temporary path renamed on success).
 - Nothing the project loads is unpickled: checkpoints and embeddings are safetensors, JSON or
   `torch.load(..., weights_only=True)`; pyfunc models are logged as code, not cloudpickles.
 - Whatever the project serves or listens on binds 127.0.0.1 unless the user says otherwise.
@@ -73,6 +74,32 @@ def test_the_unpickling_check_catches_each_pattern():
             "log_model(python_model=model_code(M, d))\n")
     calls = [(str(node.lineno), name, kw) for node, name, kw in _calls(ast.parse(code))]
     assert [problem.split(":")[0] for problem in _unpickling(calls)] == list("123456")
+
+
+WRITERS = {"write_text", "write_bytes", "to_csv", "to_parquet", "to_json", "save_file",
+           "save_pretrained", "dump", "save"}
+
+
+def test_flows_write_files_only_to_atomic_temporary_paths():
+    """A write in a flow goes to the `tmp` of an `atomic_path` block, or through a helper that
+    is atomic itself (write_text_atomic, write_trec_run, the components' `save` methods)."""
+    atomic_saves = {"index.save", "trie.save", "retriever.save"}  # atomic_path inside
+    problems = []
+    for path in sorted((REPO_ROOT / "flows").glob("*.py")):
+        for node, name, _ in _calls(ast.parse(path.read_text())):
+            if name.rsplit(".", 1)[-1] not in WRITERS or name in atomic_saves:
+                continue
+            if name.endswith(("write_text", "write_bytes")):
+                target = node.func.value
+            elif name.endswith("save_file"):
+                target = node.args[1]
+            elif node.args:
+                target = node.args[0]
+            else:
+                continue  # to_json() and the like serialise to a string
+            if "tmp" not in ast.unparse(target):
+                problems.append(f"{path.name}:{node.lineno}: {ast.unparse(node)[:80]}")
+    assert not problems, "\n".join(problems)
 
 
 def test_servers_and_rendezvous_bind_loopback(monkeypatch):
