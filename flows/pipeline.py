@@ -66,9 +66,10 @@ def preflight(params_path: str) -> Params:
 def pipeline(params_path: str = "params.yaml") -> dict[str, str]:
     params = preflight(params_path)
     experiment_id = tracking.ensure_experiment(params.tracking.experiment)
+    tracking.close_dead_runs(experiment_id, "pipeline")
     outcomes: dict[str, str] = {}
     tags = {"stage": "pipeline", "dataset": params.data.name, "profile": params.profile,
-            "git_commit": tracking.git_commit()}
+            "git_commit": tracking.git_commit(), **tracking.process_tags()}
     with mlflow.start_run(experiment_id=experiment_id, run_name="pipeline", tags=tags) as run:
         mlflow.log_params(tracking.flatten(params.model_dump()))
         os.environ[tracking.PARENT_RUN_ENV] = run.info.run_id

@@ -89,12 +89,17 @@ class Project:
     def status(self) -> dict:
         return json.loads(self.sh("dvc", "status", "--json").stdout or "{}")
 
-    def latest_run(self, stage: str):
+    def runs(self, stage: str, status: str = "FINISHED"):
+        """The stage's MLflow runs in `status`, newest first, and the client that found them."""
         client = MlflowClient(tracking_uri=f"sqlite:///{self.root / 'mlflow.db'}")
         experiment = client.get_experiment_by_name("rerank-distill")
         runs = client.search_runs([experiment.experiment_id],
-                                  f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
+                                  f"tags.stage = '{stage}' and attributes.status = '{status}'",
+                                  order_by=["attributes.start_time DESC"])
+        return client, runs
+
+    def latest_run(self, stage: str):
+        client, runs = self.runs(stage)
         return client, runs[0]
 
 
@@ -242,6 +247,9 @@ def test_killed_stage_resumes_to_the_uninterrupted_outputs(project, stage):
     if stage.resumed is not None:
         client, run = project.latest_run(stage.name)
         stage.resumed(client, run.info.run_id, killed_at)
+    # The killed run's MLflow run could not end itself; the rerun closed it as KILLED.
+    assert not project.runs(stage.name, "RUNNING")[1]
+    assert project.runs(stage.name, "KILLED")[1]
     assert stage.progress(project.root, time.time()) == 0, "checkpoints left behind"
 
 

@@ -5,6 +5,7 @@
   `torch.load(..., weights_only=True)`; pyfunc models are logged as code, not cloudpickles.
 - Whatever the project serves or listens on binds 127.0.0.1 unless the user says otherwise.
 - MLflow unreachable: the pipeline stops before it starts Prefect or any stage, naming the URI.
+- The MLflow run of a killed stage (left RUNNING) is closed as KILLED by the next run.
 """
 
 from __future__ import annotations
@@ -172,3 +173,26 @@ def test_stage_with_unreachable_mlflow_fails_before_reading_data(tmp_path, monke
     with pytest.raises(TrackingUnavailable):
         validate.fn.__wrapped__(params_path=str(tmp_path / "params.yaml"))
     assert not (tmp_path / "outputs").exists()
+
+
+def test_runs_of_dead_processes_are_closed_as_killed(tmp_path):
+    import mlflow
+
+    from components.tracking import close_dead_runs, process_tags
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        client = mlflow.MlflowClient()
+        experiment = client.create_experiment("x", artifact_location=tmp_path.as_uri())
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        alive = process_tags()
+        runs = {name: client.create_run(experiment, tags={"stage": "s", **tags}).info.run_id
+                for name, tags in [("dead", {**alive, "pid": str(dead.pid)}), ("alive", alive),
+                                   ("elsewhere", {"host": "other-host", "pid": str(dead.pid)})]}
+        assert close_dead_runs(experiment, "s") == [runs["dead"]]
+        status = {name: client.get_run(run).info.status for name, run in runs.items()}
+        assert status == {"dead": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING"}
+    finally:
+        mlflow.set_tracking_uri(previous)
