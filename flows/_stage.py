@@ -52,6 +52,7 @@ def stage_flow(name: str) -> Callable:
 
         @functools.wraps(body)
         def guarded(*args, **kwargs):
+            outcome.failed, outcome.message = None, ""
             try:
                 result = body(*args, **kwargs)
             except EXPECTED_FAILURES as exc:
