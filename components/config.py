@@ -374,3 +374,20 @@ def _flat(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def require_dataset(params: Params, params_path: str | Path) -> Path:
+    """The dataset folder params name; a ParamsError naming `data.name` when it is missing.
+
+    Checked before any work: a misspelt dataset name would otherwise surface as a missing
+    file deep in some stage.
+    """
+    folder = params.data.dataset_dir()
+    if folder.is_dir():
+        return folder
+    parent = folder.parent
+    have = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    raise ParamsError(
+        f"{params_path}: invalid parameters\n  - data.name: dataset folder {folder} does not "
+        f"exist (data.name must name a folder under data.root; found: {', '.join(have) or 'none'})"
+    )

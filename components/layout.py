@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 from components.settings import repo_root
+
+
+def run_key(identity: dict[str, Any]) -> str:
+    """A short digest of what determines a training run's result (params, data hash)."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 class Layout:
@@ -51,6 +60,14 @@ class Layout:
     def teacher_checkpoints(self) -> Path:
         """Resume points; not a DVC output (DVC would delete it before a rerun)."""
         return self.root / "teacher" / "checkpoints"
+
+    def checkpoints(self, stage: str) -> Path:
+        """Resume points of a student's training, one subfolder per `run_key`.
+
+        Outside the stage's DVC outputs: DVC deletes those before it reruns a stage, which
+        would throw away the checkpoints a killed run left to resume from.
+        """
+        return self.root / "checkpoints" / stage
 
     @property
     def rank_lists_dir(self) -> Path:

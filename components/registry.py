@@ -1,8 +1,31 @@
-"""MLflow model registry helpers: register a logged model and point an alias at it."""
+"""MLflow model registry helpers: point an alias at a version; log pyfunc models from code."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from mlflow import MlflowClient
+
+# The script MLflow runs to build a pyfunc model object on load ("models from code").
+_MODEL_CODE = """\
+import mlflow
+
+from {module} import {name}
+
+mlflow.models.set_model({name}())
+"""
+
+
+def model_code(cls: type, folder: str | os.PathLike) -> str:
+    """Write the "models from code" script that builds `cls()` into `folder`; its path.
+
+    Given as `python_model` to `mlflow.pyfunc.log_model`, MLflow stores this script rather than
+    a cloudpickle of a model object, so loading the model unpickles nothing.
+    """
+    path = Path(folder) / f"{cls.__name__}_model.py"
+    path.write_text(_MODEL_CODE.format(module=cls.__module__, name=cls.__name__))
+    return str(path)
 
 
 def set_alias(name: str, version: str | int, alias: str = "challenger") -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,35 @@ def ensure_experiment(name: str) -> str:
     return experiment.experiment_id
 
 
+def close_dead_runs(experiment_id: str, stage: str) -> list[str]:
+    """Mark KILLED the runs of `stage` still RUNNING whose process on this host is gone.
+
+    A stage killed with SIGKILL cannot end its MLflow run, which would then read RUNNING for
+    ever; the next run of the stage closes it. Runs started on other hosts are left alone.
+    """
+    import psutil
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    query = f"tags.stage = '{stage}' and attributes.status = 'RUNNING'"
+    closed = []
+    for run in client.search_runs([experiment_id], query):
+        tags = run.data.tags
+        if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
+            continue
+        if psutil.pid_exists(int(tags["pid"])):
+            continue
+        client.set_tag(run.info.run_id, "ended", "its process died; closed by a later run")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def process_tags() -> dict[str, str]:
+    """Which process a run belongs to, so a later run can tell a dead one (close_dead_runs)."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
 @contextmanager
 def stage_run(stage: str, experiment: str, params: dict[str, Any], dataset_dir: Path,
               extra_tags: dict[str, str] | None = None) -> Iterator[Any]:
@@ -94,8 +124,10 @@ def stage_run(stage: str, experiment: str, params: dict[str, Any], dataset_dir: 
 
     check_tracking_server()
     experiment_id = ensure_experiment(experiment)
+    close_dead_runs(experiment_id, stage)
     parent = os.environ.get(PARENT_RUN_ENV) or None
     tags = {
+        **process_tags(),
         "stage": stage,
         "dataset": dataset_dir.name,
         "git_commit": git_commit(),

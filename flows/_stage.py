@@ -4,6 +4,11 @@ Expected failures (bad params, bad data, a failed validation, an unreachable tra
 server) end the flow run in a Failed state whose message says what went wrong; the
 command exits 1 with that message and no traceback. Anything else is a bug and keeps its
 traceback.
+
+Prefect only orchestrates: a stage whose body has finished keeps its outcome when the Prefect
+API goes away before the flow run's final state is reported. Its outputs are on disk and its
+MLflow run is closed by then, so the command exits as the body did (0 on success, which lets
+DVC record the stage in dvc.lock) and says that Prefect missed the end of the run.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -30,19 +36,37 @@ EXPECTED_FAILURES = (StageFailed, ParamsError, DataFormatError, FileNotFoundErro
                      TrackingUnavailable)
 
 
+@dataclass
+class BodyOutcome:
+    """How the stage body ended in this process (None until it has): kept outside Prefect."""
+
+    failed: bool | None = None
+    message: str = ""
+
+
 def stage_flow(name: str) -> Callable:
     """Decorate a stage body: a Prefect flow whose expected failures become Failed states."""
 
     def decorate(body: Callable) -> Callable:
+        outcome = BodyOutcome()
+
         @functools.wraps(body)
         def guarded(*args, **kwargs):
+            outcome.failed, outcome.message = None, ""
             try:
-                return body(*args, **kwargs)
+                result = body(*args, **kwargs)
             except EXPECTED_FAILURES as exc:
                 message = f"stage {name} failed: {exc}"
+                outcome.failed, outcome.message = True, message
                 get_run_logger().error(message)
                 return Failed(message=message)
+            except BaseException as exc:
+                outcome.failed, outcome.message = True, f"stage {name} crashed: {exc!r}"
+                raise
+            outcome.failed = False
+            return result
 
+        guarded.outcome = outcome
         return flow(name=name, log_prints=True)(guarded)
 
     return decorate
@@ -54,9 +78,19 @@ def run_cli(stage_flow_fn: Callable) -> None:
 
     @app.command()
     def main(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
-        state = stage_flow_fn(params_path=str(params), return_state=True)
-        if state.is_failed():
-            typer.echo(state.message or f"{stage_flow_fn.name} failed", err=True)
+        outcome: BodyOutcome = stage_flow_fn.fn.outcome
+        try:
+            state = stage_flow_fn(params_path=str(params), return_state=True)
+            failed, message = state.is_failed(), state.message
+        except Exception as exc:
+            if outcome.failed is None:  # the body never ended: a real crash
+                raise
+            typer.echo(f"warning: Prefect failed after stage {stage_flow_fn.name} ended "
+                       f"({type(exc).__name__}: {exc}); the stage's outputs and MLflow run are "
+                       "recorded, its Prefect flow run state is not", err=True)
+            failed, message = outcome.failed, outcome.message
+        if failed:
+            typer.echo(message or f"{stage_flow_fn.name} failed", err=True)
             sys.exit(1)
 
     app()

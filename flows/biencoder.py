@@ -11,7 +11,6 @@ the same shape whichever way it is set.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -24,7 +23,7 @@ from components.config import load_params
 from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
-from components.layout import Layout
+from components.layout import Layout, run_key
 from components.models.base_model import load_causal_lm, load_tokenizer
 from components.models.biencoder import EMBEDDINGS_FILE, BiEncoder, passage_text
 from components.runs import read_trec_run, write_trec_run
@@ -77,11 +76,10 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
             train_mode=cfg.train_mode, top_layers=cfg.top_layers, lr=cfg.lr,
             batch_size=cfg.batch_size, max_steps=cfg.steps, temperature=cfg.temperature,
             checkpoint_every=cfg.checkpoint_every, seed=params.seed)
-        # Checkpoints resume only a run with the same settings (not a DVC output).
-        fingerprint = hashlib.sha1(json.dumps(
-            [cfg.model_dump(), params.seed, params.data.train_queries, len(groups)]).encode()
-        ).hexdigest()[:12]
-        checkpoints = layout.root / "biencoder_checkpoints" / fingerprint
+        # Checkpoints (not a DVC output) resume only a run with the same settings and data.
+        checkpoints = layout.checkpoints("biencoder") / run_key(
+            {"biencoder": cfg.model_dump(), "seed": params.seed, "data": params.data.model_dump(),
+             "groups": len(groups)})
 
         def log_step(step):
             mlflow.log_metrics({"loss": step.loss, "lr": step.lr}, step=step.step)
@@ -100,7 +98,7 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
                              cfg.encode_batch_size)
         metrics["encode_seconds"] = time.perf_counter() - started
         out = encoder.save(layout.root / "biencoder")
-        shutil.rmtree(layout.root / "biencoder_checkpoints", ignore_errors=True)
+        shutil.rmtree(layout.checkpoints("biencoder"), ignore_errors=True)  # done: no resume
 
         test = params.data.test_split
         qids = sample_query_ids(dataset.qrels_dict(test), params.data.eval_queries, params.seed)

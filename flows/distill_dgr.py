@@ -16,6 +16,7 @@ The teacher is any run of the pipeline (`dgr.teacher_run`: teacher, bm25, ...).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import mlflow
@@ -24,6 +25,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from components import registry, tracking
+from components.atomic import write_text_atomic
 from components.config import load_params
 from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
@@ -33,7 +35,7 @@ from components.dgr.retriever import GenerativeRetriever, RetrieverConfig
 from components.dgr.training import DGRTrainParams, stage1_examples, train_stage1, train_stage2
 from components.dgr.trie import build_trie
 from components.evaluation.costs import folder_bytes, time_each, write_cost
-from components.layout import Layout
+from components.layout import Layout, run_key
 from components.models.base_model import load_tokenizer
 from components.runs import read_trec_run, write_trec_run
 from flows._stage import StageFailed, run_cli, stage_flow
@@ -124,16 +126,19 @@ def distill_dgr(params_path: str = "params.yaml") -> dict:
                     print(f"{prefix} step {step.step}/{step.total_steps} loss {step.loss:.4f}")
             return log_step
 
+        checkpoints = layout.checkpoints("distill_dgr")
+        run_dir = checkpoints / run_key(
+            {"params": params.model_dump(), "data": tracking.dvc_data_hash(dataset_dir)})
         started = time.perf_counter()
         stage1 = train_stage1(layout.base_model, examples,
                               train_params(cfg, params.seed, cfg.stage1_steps),
-                              out / "checkpoints-stage1", out / "gr_model", logger("stage1"))
+                              run_dir / "stage1", out / "gr_model", logger("stage1"))
         metrics["stage1_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
         teacher = {q: teacher_run[q] for q in train_qids}
         train_stage2(out / "gr_model", queries, teacher, index,
                      train_params(cfg, params.seed, cfg.stage2_steps),
-                     out / "checkpoints-stage2", out / "dgr_model", qrels=qrels,
+                     run_dir / "stage2", out / "dgr_model", qrels=qrels,
                      on_step=logger("stage2"))
         metrics["stage2_seconds"] = time.perf_counter() - started
         print(f"stage 1: {stage1.steps} steps; stage 2: {cfg.stage2_steps} steps")
@@ -159,12 +164,13 @@ def distill_dgr(params_path: str = "params.yaml") -> dict:
                        f"identifier trie + identifier map ({', '.join(cfg.views)})")
             print(f"{system}: decoded {len(qids)} queries, "
                   f"{metrics[f'{system}_ms_per_query']:.0f} ms/query")
-        (out / "summary.json").write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(out / "summary.json", json.dumps(metrics, indent=2))
         mlflow.log_metrics(metrics)
         info = log_dgr_model(out / "dgr_model", out / "trie.json", out / "identifiers.json",
                              config, default_k=cfg.num_beams, name=REGISTERED_NAME,
                              registered_model_name=REGISTERED_NAME)
         registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
+        shutil.rmtree(checkpoints, ignore_errors=True)  # done: no resume needed
     return metrics
 
 

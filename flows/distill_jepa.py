@@ -16,6 +16,7 @@ profile encodes the whole corpus (`jepa.corpus: full`).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -25,11 +26,12 @@ import torch
 from safetensors.torch import load_file
 
 from components import registry, tracking
+from components.atomic import write_text_atomic
 from components.config import load_params
 from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
-from components.layout import Layout
+from components.layout import Layout, run_key
 from components.models.prompts import PromptTemplate
 from components.models.rabtriever import EMBEDDINGS_FILE, Predictor, Rabtriever
 from components.models.rabtriever_pyfunc import log_rabtriever_model
@@ -152,9 +154,14 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
             seed=params.seed,
         )
         started = time.perf_counter()
-        result = train_predictor(
-            retriever.predictor, retriever.scorer, data, train_cfg, log_fn=log_step
+        checkpoints = layout.checkpoints("distill_jepa")
+        run_dir = checkpoints / run_key(
+            {"params": params.model_dump(), "data": tracking.dvc_data_hash(dataset_dir)}
         )
+        result = train_predictor(
+            retriever.predictor, retriever.scorer, data, train_cfg, log_fn=log_step,
+            checkpoint_dir=run_dir,
+        )  # fmt: skip
         train_seconds = time.perf_counter() - started
         retriever.predictor.eval()
         for stats in result.epochs:
@@ -229,7 +236,8 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
             "full_ms_per_query": full_ms,
             "final_agreement": result.final_agreement,
         }
-        (layout.root / "rabtriever" / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary_text = json.dumps(summary, indent=2)
+        write_text_atomic(layout.root / "rabtriever" / "summary.json", summary_text)
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
         info = log_rabtriever_model(
             REGISTERED_NAME,
@@ -240,7 +248,8 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
             registered_model_name=REGISTERED_NAME,
         )
         registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
-        print(json.dumps(summary, indent=2))
+        shutil.rmtree(checkpoints, ignore_errors=True)  # done: no resume needed
+        print(summary_text)
     return summary
 
 

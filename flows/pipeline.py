@@ -24,8 +24,9 @@ import yaml
 from prefect import flow, get_run_logger, task
 
 from components import tracking
-from components.config import ParamsError, load_params, write_params
+from components.config import Params, ParamsError, load_params, require_dataset, write_params
 from components.settings import repo_root
+from components.tracking import TrackingUnavailable
 
 
 def stage_order() -> list[str]:
@@ -78,6 +79,15 @@ def apply_run_settings(params_path: str, profile: str, dataset: str,
                        "them until it is changed back", params_path)
 
 
+def preflight(params_path: str) -> Params:
+    """What must hold before any stage runs: valid params, the dataset folder, a reachable
+    MLflow tracking server. Each failure raises with the file, key or URI named."""
+    params = load_params(params_path)
+    require_dataset(params, params_path)
+    tracking.check_tracking_server()
+    return params
+
+
 @flow(name="pipeline", log_prints=True)
 def pipeline(params_path: str = "params.yaml", profile: str = "", dataset: str = "",
              overrides: dict[str, Any] | None = None,
@@ -97,12 +107,12 @@ def pipeline(params_path: str = "params.yaml", profile: str = "", dataset: str =
     if unknown:
         raise ParamsError(f"unknown stage(s) {unknown}; the stages are {order}")
     apply_run_settings(params_path, profile, dataset, overrides)
-    params = load_params(repo_root() / params_path)  # fail fast on bad params, before any stage
-    tracking.check_tracking_server()
+    params = preflight(str(repo_root() / params_path))
     experiment_id = tracking.ensure_experiment(params.tracking.experiment)
+    tracking.close_dead_runs(experiment_id, "pipeline")
     outcomes: dict[str, str] = {}
     tags = {"stage": "pipeline", "dataset": params.data.name, "profile": params.profile,
-            "git_commit": tracking.git_commit()}
+            "git_commit": tracking.git_commit(), **tracking.process_tags()}
     with mlflow.start_run(experiment_id=experiment_id, run_name="pipeline", tags=tags) as run:
         mlflow.log_params(tracking.flatten(params.model_dump()))
         os.environ[tracking.PARENT_RUN_ENV] = run.info.run_id
@@ -119,6 +129,11 @@ def pipeline(params_path: str = "params.yaml", profile: str = "", dataset: str =
 
 
 def main(params: str = typer.Option("params.yaml", help="Parameters file.")) -> None:
+    try:  # before the Prefect server starts: a bad setting costs seconds, not a server start
+        preflight(params)
+    except (ParamsError, TrackingUnavailable) as exc:
+        typer.echo(f"pipeline failed: {exc}", err=True)
+        sys.exit(1)
     server = None
     if not os.environ.get("PREFECT_API_URL"):
         # One temporary server for the flow and all stage processes (instead of each stage

@@ -21,7 +21,6 @@ Other machines, the same module by hand (see README, "Operations"):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import socket
@@ -33,7 +32,7 @@ from components import tracking
 from components.config import Params, load_params
 from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
-from components.layout import Layout
+from components.layout import Layout, run_key
 from components.models.prompts import PromptTemplate
 from components.runs import read_trec_run
 from components.settings import repo_root
@@ -58,10 +57,9 @@ def train_params(params: Params) -> TrainParams:
 
 def run_fingerprint(params: Params, data_hash: str) -> str:
     """Checkpoints are only resumed by a run with the same settings and data."""
-    key = json.dumps({"teacher": params.teacher.model_dump(), "seed": params.seed,
-                      "base": params.base_model.model_dump(), "data": data_hash,
-                      "train_queries": params.data.train_queries}, sort_keys=True)
-    return hashlib.sha1(key.encode()).hexdigest()[:12]
+    return run_key({"teacher": params.teacher.model_dump(), "seed": params.seed,
+                    "base": params.base_model.model_dump(), "data": data_hash,
+                    "train_queries": params.data.train_queries})
 
 
 @dataclass

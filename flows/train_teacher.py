@@ -100,7 +100,6 @@ def train_teacher_stage(params_path: str = "params.yaml") -> str:
                                    inputs.checkpoints, layout.teacher_model, on_step=log_step)
         if not result.completed:
             raise StageFailed(f"training stopped at step {result.steps}/{result.total_steps}")
-        shutil.rmtree(layout.teacher_checkpoints, ignore_errors=True)  # done: no resume needed
         mlflow.log_metrics({"final_loss": result.losses[-1] if result.losses else float("nan"),
                             "steps": result.steps})
         with tempfile.TemporaryDirectory() as workdir:
@@ -108,6 +107,8 @@ def train_teacher_stage(params_path: str = "params.yaml") -> str:
                                      cfg.max_doc_tokens, cfg.bf16, Path(workdir),
                                      registered_name=REGISTERED_NAME)
         registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
+        # Kept until the stage is done: a run killed after training resumes at its last step.
+        shutil.rmtree(layout.teacher_checkpoints, ignore_errors=True)
         print(f"registered {REGISTERED_NAME} v{info.registered_model_version} as challenger")
     return str(layout.teacher_model)
 

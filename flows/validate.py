@@ -7,7 +7,7 @@ import mlflow
 
 from components import tracking
 from components.atomic import write_text_atomic
-from components.config import load_params
+from components.config import load_params, require_dataset
 from components.layout import Layout
 from components.validation.report import validate_dataset
 from flows._stage import StageFailed, run_cli, stage_flow
@@ -16,7 +16,7 @@ from flows._stage import StageFailed, run_cli, stage_flow
 @stage_flow("validate")
 def validate(params_path: str = "params.yaml") -> str:
     params = load_params(params_path)
-    dataset_dir = params.data.dataset_dir()
+    dataset_dir = require_dataset(params, params_path)
     out = Layout(params.data.name).validation_dir
     section = {"data": params.data.model_dump(), "validation": params.validation.model_dump()}
     with tracking.stage_run("validate", params.tracking.experiment, section, dataset_dir):

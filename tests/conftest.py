@@ -57,3 +57,12 @@ def tokenizer(smollm2_tokenizer_dir):
     from components.models.base_model import load_tokenizer
 
     return load_tokenizer(smollm2_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def repo_copy(tmp_path_factory) -> Path:
+    """A working copy of the repository on the mini SciFact subset and the tiny model
+    (`tests/e2e/conftest.py`); one per session, shared by tests/e2e and tests/reliability."""
+    from tests.e2e.conftest import make_project_copy
+
+    return make_project_copy(tmp_path_factory.mktemp("project") / "repo")

@@ -1,6 +1,6 @@
 """The DGR retriever as an MLflow pyfunc model: query text in, ranked passage ids out.
 
-Artifacts (all plain files, no pickled objects besides the small wrapper class):
+Artifacts (all plain files; the wrapper is logged as code, so loading unpickles nothing):
   model        the trained causal LM folder (safetensors + tokenizer)
   trie         the identifier trie, JSON (`IdentifierTrie.save`)
   identifiers  the identifier index, JSON (`IdentifierIndex.save`)
@@ -27,6 +27,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from components.dgr.identifiers import IdentifierIndex
 from components.dgr.retriever import GenerativeRetriever, RetrieverConfig
 from components.dgr.trie import IdentifierTrie
+from components.registry import model_code
 
 OUTPUT_COLUMNS = ["qid", "rank", "docid", "score"]
 COMPONENTS_DIR = Path(__file__).resolve().parent.parent
@@ -132,7 +133,7 @@ def log_dgr_model(
         config_path.write_text(json.dumps({**config.to_dict(), "default_k": default_k}))
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=DGRPyfuncModel(),
+            python_model=model_code(DGRPyfuncModel, tmp),  # models from code: no pickle
             artifacts={
                 "model": str(model_dir),
                 "trie": str(trie_path),

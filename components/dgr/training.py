@@ -21,8 +21,9 @@ run, so BM25 or a dense run can stand in for the LLM reranker.
 Both stages share one plain torch loop (AdamW, linear warmup/decay, gradient clipping). Data
 order is a function of (seed, epoch) alone and the step count fixes the position, so a resumed
 run sees exactly the batches an uninterrupted run would have. Checkpoints (every
-`checkpoint_every` steps) hold the trainable weights (safetensors), the optimizer state and the
-RNG states (torch.save, read back with weights_only=True), and the step count.
+`checkpoint_every` steps and after the last one) hold the trainable weights (safetensors), the
+optimizer state and the RNG states (torch.save, read back with weights_only=True), and the step
+count.
 """
 
 from __future__ import annotations

@@ -30,20 +30,12 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
 from components.models.rabtriever import Rabtriever
+from components.registry import model_code
 
 ARTIFACT_BASE_MODEL = "base_model"
 ARTIFACT_RABTRIEVER = "rabtriever"
 ARTIFACT_INDEX = "doc_index"
 DEFAULT_K = 100
-
-# The file MLflow executes to build the model object on load (models from code).
-_MODEL_CODE = """\
-import mlflow
-
-from components.models.rabtriever_pyfunc import RabtrieverPyfunc
-
-mlflow.models.set_model(RabtrieverPyfunc())
-"""
 
 
 class RabtrieverPyfunc(mlflow.pyfunc.PythonModel):
@@ -147,11 +139,9 @@ def log_rabtriever_model(
         artifacts[ARTIFACT_INDEX] = str(index_dir)
     components_dir = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
-        code_file = Path(tmp) / "rabtriever_model.py"
-        code_file.write_text(_MODEL_CODE)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(code_file),
+            python_model=model_code(RabtrieverPyfunc, tmp),
             artifacts=artifacts,
             model_config={"k": k, "bf16": bf16},
             signature=rabtriever_signature(k),

@@ -3,7 +3,8 @@
 Input: a DataFrame with `query` and `document` columns (one row per pair).
 Output: a DataFrame with a `score` column, log p(Yes) - log p(No) for each row.
 The model directory (transformers checkpoint + tokenizer) and the prompt template travel as
-artifacts, so `models:/teacher-reranker@challenger` scores exactly as the pipeline did.
+artifacts, so `models:/teacher-reranker@challenger` scores exactly as the pipeline did. Logged
+as "models from code": loading it runs a script that builds the wrapper, no unpickling.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+
+from components.registry import model_code
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "pandas", "pyyaml"]
 
@@ -56,7 +59,7 @@ def log_teacher_model(
     )
     return mlflow.pyfunc.log_model(
         name="teacher-reranker",
-        python_model=TeacherRerankerModel(),
+        python_model=model_code(TeacherRerankerModel, workdir),  # no pickle
         artifacts={
             "model": str(model_dir),
             "template": str(template_path),

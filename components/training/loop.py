@@ -142,7 +142,8 @@ def train_loop(model: nn.Module, task: Task, params: LoopSettings, checkpoint_di
             on_step(StepMetrics(step, total_steps, epoch, loss.item(), lr,
                                 time.perf_counter() - started, parts))
         stopping = stop_after is not None and len(losses) >= stop_after and step < total_steps
-        if step % params.checkpoint_every == 0 or stopping:
+        # The last step too: a stage killed after this training resumes past it, not before.
+        if step % params.checkpoint_every == 0 or stopping or step == total_steps:
             save_checkpoint(checkpoint_dir, model, optimizer, step, params.keep_checkpoints)
         if stopping:
             break

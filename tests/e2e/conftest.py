@@ -1,7 +1,8 @@
 """A working copy of the repository in a tmp dir, with a small SciFact subset as its data.
 
 The copy holds the tracked and untracked-but-not-ignored files (what a fresh clone plus
-the current edits would hold), its own git history, mlflow.db and PREFECT_HOME.
+the current edits would hold), its own git history, mlflow.db and PREFECT_HOME. The fixture
+itself lives in tests/conftest.py, so that every test folder shares one copy per session.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from components.settings import REPO_ROOT
@@ -77,14 +77,10 @@ def write_mini_scifact(source: Path, dest: Path, seed: int = 0) -> None:
         (dest / "qrels" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
 
 
-@pytest.fixture(scope="session")
-def repo_copy(tmp_path_factory) -> Path:
-    return make_project_copy(tmp_path_factory.mktemp("project") / "repo")
-
-
 def make_project_copy(root: Path) -> Path:
     """A committed copy of the work tree at `root` with the bundled data pulled, the mini
-    dataset beside it (untracked) and params.yaml set to the small test profile."""
+    dataset beside it (untracked) and params.yaml set to the small test profile (the
+    `repo_copy` fixture of tests/conftest.py)."""
     root.mkdir()
     copy_worktree(root)
     run(["git", "init", "-q", "-b", "main"], root)
@@ -123,4 +119,4 @@ def apply_test_profile(params: dict, tiny_model: Path) -> None:
     params["jepa"].update(epochs=2, predictor_width=64, top_m=2, full_k=20)
     params["promote"].update(queries=5, depth=5)
     params["dgr"].update(stage1_steps=3, stage2_steps=2, batch_size=2, num_beams=3,
-                         top_layers=1, num_passages=3, semantic_dims=8)
+                         top_layers=1, num_passages=3, semantic_dims=8, checkpoint_every=1)
