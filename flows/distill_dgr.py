@@ -72,10 +72,9 @@ def skip_cross_dataset(layout: Layout, params) -> dict:
     """Leave the stage's outputs in place, empty but for a note saying why."""
     note = CROSS_DATASET_NOTE.format(train=params.data.train_name, name=params.data.name)
     for folder in (layout.root / "dgr", layout.run_dir("gr"), layout.run_dir("dgr")):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "SKIPPED.md").write_text(note + "\n")
+        write_text_atomic(folder / "SKIPPED.md", note + "\n")
     summary = {"skipped": note}
-    (layout.root / "dgr" / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(layout.root / "dgr" / "summary.json", json.dumps(summary, indent=2))
     mlflow.set_tag("skipped", note)
     print(note)
     return summary

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from components import tracking
+from components.atomic import write_text_atomic
 from components.config import Params, load_params
 from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                                         train_params(params), inputs.checkpoints,
                                         layout.teacher_model, on_step=report_step)
     if rank == 0:
-        Path(args.result).write_text(json.dumps(
+        write_text_atomic(Path(args.result), json.dumps(
             {**asdict(result), "output_dir": str(result.output_dir or "")}))
 
 

@@ -87,7 +87,9 @@ def make_project_copy(root: Path) -> Path:
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], root)
     # The bundled data arrive the way they do on a fresh clone: from the in-repo DVC remote.
-    run(["dvc", "pull", "--quiet", "data/raw/scifact.dvc"], root)
+    # All of them: stages that read training data depend on the whole data/raw folder.
+    bundled = sorted(str(p.relative_to(root)) for p in (root / "data/raw").glob("*.dvc"))
+    run(["dvc", "pull", "--quiet", *bundled], root)
     write_mini_scifact(root / "data/raw/scifact", root / "data/raw" / MINI)
     tiny = build_tiny_model(root / "tiny-llm")
     params = yaml.safe_load((root / "params.yaml").read_text())
