@@ -73,6 +73,19 @@ def make_rabtriever(teacher_model, tiny_tokenizer, template):
     return make
 
 
+@pytest.fixture
+def indexed_rabtriever(make_rabtriever, toy) -> Rabtriever:
+    """A student whose predictor is moved off its identity start (as training would) and whose
+    index holds the toy corpus: a non-trivial model to log, load and serve."""
+    retriever = make_rabtriever()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in retriever.predictor.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    retriever.index_corpus(toy.corpus)
+    return retriever
+
+
 @pytest.fixture(scope="session")
 def teacher_cache(teacher_model, tiny_tokenizer, template, toy) -> TeacherCache:
     """Query/doc embeddings from the frozen LLM, and the teacher's pair states for every pool."""

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from components.models.rabtriever_pyfunc import log_rabtriever_model
 
@@ -27,14 +26,9 @@ def tracking(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(previous)
 
 
-def test_pyfunc_round_trip(tracking, make_rabtriever, toy, tiny_model_master, tmp_path):
+def test_pyfunc_round_trip(tracking, indexed_rabtriever, toy, tiny_model_master, tmp_path):
     mlflow, experiment = tracking
-    retriever = make_rabtriever()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in retriever.predictor.parameters():
-            param.add_(0.3 * torch.randn_like(param))
-    retriever.index_corpus(toy.corpus)
+    retriever = indexed_rabtriever
     retriever.save(tmp_path / "rab", with_index=False)
     retriever.save_index(tmp_path / "index")
 

@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
 from components.models.rabtriever_pyfunc import log_rabtriever_model
 from components.registry import set_alias
@@ -42,16 +41,11 @@ def _wait_until_up(url: str, process: subprocess.Popen, timeout_s: float = 240) 
     raise TimeoutError(f"no answer from {url} within {timeout_s}s")
 
 
-def test_registered_rabtriever_is_served_over_rest(make_rabtriever, toy, tiny_model_master,
+def test_registered_rabtriever_is_served_over_rest(indexed_rabtriever, toy, tiny_model_master,
                                                   tmp_path):
     import mlflow
 
-    retriever = make_rabtriever()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in retriever.predictor.parameters():
-            param.add_(0.3 * torch.randn_like(param))
-    retriever.index_corpus(toy.corpus)
+    retriever = indexed_rabtriever
     retriever.save(tmp_path / "rab")
     name = "rabtriever-serving-test"
     with mlflow.start_run():
