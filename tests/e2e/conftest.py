@@ -23,8 +23,11 @@ MINI = "scifact-mini"
 
 def project_env(root: Path) -> dict[str, str]:
     """The environment a user's shell would have: no state pointing at the test session."""
+    # Nor a distributed rendezvous: the test session's in-process DeepSpeed runs set
+    # MASTER_PORT and keep that port bound, which a stage process must not try to reuse.
+    launcher = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "PREFECT_", "PIPELINE_"))}
+           if not k.startswith(("MLFLOW_", "PREFECT_", "PIPELINE_")) and k not in launcher}
     env["PATH"] = f"{REPO_ROOT / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
     env.pop("RERANK_DISTILL_ROOT", None)
     return env
