@@ -57,15 +57,22 @@ def ops_repo(tmp_path_factory) -> Path:
 class PrefectAPI:
     url: str  # .../api
 
-    def get(self, path: str) -> dict | list:
-        response = requests.get(f"{self.url}{path}", timeout=10)
+    def _request(self, method: str, path: str, **kwargs) -> dict | list:
+        # A server busy with a run on two shared cores may answer 503 for a moment (its
+        # database is locked); a client retries that, as Prefect's own client does.
+        for attempt in range(5):
+            response = requests.request(method, f"{self.url}{path}", timeout=10, **kwargs)
+            if response.status_code != 503:
+                break
+            time.sleep(2 * (attempt + 1))
         response.raise_for_status()
         return response.json()
 
+    def get(self, path: str) -> dict | list:
+        return self._request("GET", path)
+
     def post(self, path: str, body: dict) -> dict | list:
-        response = requests.post(f"{self.url}{path}", json=body, timeout=10)
-        response.raise_for_status()
-        return response.json()
+        return self._request("POST", path, json=body)
 
     def deployment(self, name: str) -> dict:
         return self.get(f"/deployments/name/pipeline/{name}")
