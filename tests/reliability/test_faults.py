@@ -58,7 +58,9 @@ def _digest(path: Path) -> str:
         return json.dumps({k: v for k, v in json.loads(path.read_text()).items()
                            if k != "latency"})
     if path.name == "results.md":
-        return hashlib.md5(LATENCY_CELL.sub("", path.read_text()).encode()).hexdigest()
+        # Without the cells, and without the padding whose width follows the widest cell.
+        table = re.sub(r"[ ]+|-+", "", LATENCY_CELL.sub("", path.read_text()))
+        return hashlib.md5(table.encode()).hexdigest()
     if path.name == "results.csv":
         lines = [line.split(",") for line in path.read_text().splitlines()]
         keep = [i for i, name in enumerate(lines[0]) if not name.startswith("latency")]
