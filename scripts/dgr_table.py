@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from components.dgr.retriever import GenerativeRetriever, RetrieverConfig  # noq
 from components.dgr.training import stage1_examples, train_stage1, train_stage2  # noqa: E402
 from components.evaluation.metrics import mean_metrics, per_query_metrics  # noqa: E402
 from components.evaluation.significance import compare  # noqa: E402
-from components.layout import Layout  # noqa: E402
+from components.layout import Layout, run_key  # noqa: E402
 from components.runs import read_trec_run  # noqa: E402
 from flows.distill_dgr import train_params  # noqa: E402
 
@@ -84,10 +85,15 @@ def main() -> None:
     test_queries = {q: queries[q] for q in qids}
     config = RetrieverConfig(view_weights=dict(cfg.view_weights), batch_size=cfg.batch_size)
 
+    # Checkpoints are keyed by what determines the result, so a rerun with other settings
+    # never resumes from this one's.
+    checkpoints = out / "checkpoints" / run_key(
+        {"dgr": cfg.model_dump(), "seed": params.seed, "stage1_steps": stage1_steps,
+         "teachers": args.teachers})
     started = time.perf_counter()
     examples = stage1_examples(queries, qrels, sub_corpus, index, indexing=True)
     train_stage1(layout.base_model, examples, train_params(cfg, params.seed, stage1_steps),
-                 out / "checkpoints" / "stage1", out / "gr_model")
+                 checkpoints / "stage1", out / "gr_model")
     print(f"stage 1: {stage1_steps} steps over {len(examples)} examples "
           f"({time.perf_counter() - started:.0f}s)", flush=True)
     gr, gr_seconds = evaluate(out / "gr_model", dgr_dir, config, test_queries, test_qrels,
@@ -102,7 +108,7 @@ def main() -> None:
                               cfg.stage2_steps)
             name = f"{teacher}-{loss}"
             train_stage2(out / "gr_model", queries, run, index, tp,
-                         out / "checkpoints" / name, out / name, qrels=qrels)
+                         checkpoints / name, out / name, qrels=qrels)
             dgr, seconds = evaluate(out / name, dgr_dir, config, test_queries, test_qrels,
                                     cfg.num_beams)
             p_value, _ = compare(dgr["ndcg_cut_10"], gr["ndcg_cut_10"])
@@ -120,7 +126,7 @@ def main() -> None:
         p = "" if r["p_vs_gr"] is None else f"{r['p_vs_gr']:.3f}"
         lines.append(f"| {r['teacher']} | {r['loss']} | {r['ndcg_cut_10']:.4f} | "
                      f"{r['recall_10']:.4f} | {p} | {r['seconds_per_query']:.1f} |")
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # done: no resume needed
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "table.json").write_text(json.dumps(rows, indent=2))
     print("\n".join(lines))

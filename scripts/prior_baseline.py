@@ -4,8 +4,8 @@
 
 On tasks with a small, fixed document set (the 8 ESConv strategies, the LIBERO goals) a model
 can score well by learning which documents are relevant most often, without reading the query.
-This prints that prior's metrics on the test split (all queries, and the seeded evaluation
-sample the model stages use), so a model row can be read against it. The prior is counted on
+This prints that prior's metrics on the test split (all queries, the seeded evaluation
+sample the model stages use, and its first `dgr.eval_queries` where GR/DGR are decoded), so a model row can be read against it. The prior is counted on
 the training split of the dataset that trains the models (`components/data/catalog.py`).
 """
 
@@ -50,7 +50,9 @@ def main() -> None:
     print("| query set | queries | " + " | ".join(METRIC_LABELS.get(m, m) for m in metrics)
           + " |")
     print("|---|---|" + "---|" * len(metrics))
-    for name, qids in (("all", sorted(qrels)), ("evaluation sample", sample)):
+    decoded = sample[: params.dgr.eval_queries or None]  # where GR and DGR are scored
+    for name, qids in (("all", sorted(qrels)), ("evaluation sample", sample),
+                       ("GR/DGR sample", decoded)):
         run = {q: ranking for q in qids}
         means = mean_metrics(per_query_metrics(run, qrels, metrics, qids))
         print(f"| {name} | {len(qids)} | "
