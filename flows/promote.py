@@ -7,7 +7,9 @@ The frozen promotion split is the first `promote.queries` of the seeded evaluati
 (`data.eval_queries`, `seed`) of the test split, each with its BM25 top-`promote.depth`
 candidates; it changes only when those parameters or the data change. Decisions go to the
 MLflow experiment `promotion` (one tagged run each), to stdout, and to
-`outputs/<dataset>/promotion/decisions.json`.
+`outputs/<dataset>/promotion/decisions.json`. A model whose training stage skipped this
+dataset on purpose (e.g. GR/DGR when the models train on another dataset's queries) is not
+judged: its decision says why, and the registry is left alone.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def promotion_split(params) -> PromotionSplit:
                           candidates, documents)
 
 
+# Registered model -> the folder under outputs/<dataset>/ where its stage writes summary.json.
+STAGE_OUTPUTS = {"teacher-reranker": "teacher", "rabtriever": "rabtriever", "dgr": "dgr"}
+
+
+def skipped_on_this_dataset(layout: Layout, model: str) -> str | None:
+    """The reason the model's stage gave for not training on this dataset, if it skipped."""
+    summary = layout.root / STAGE_OUTPUTS.get(model, model) / "summary.json"
+    if not summary.is_file():
+        return None
+    return json.loads(summary.read_text()).get("skipped")
+
+
 @stage_flow("promote")
 def promote_flow(params_path: str = "params.yaml", models: list[str] | None = None,
                  version: int | None = None) -> list[dict]:
@@ -58,8 +72,16 @@ def promote_flow(params_path: str = "params.yaml", models: list[str] | None = No
     with tracking.stage_run("promote", params.tracking.experiment, section,
                             params.data.dataset_dir()):
         split = promotion_split(params)
+        layout = Layout(params.data.name)
         decisions = []
         for name in models:
+            # The registry may hold a version trained for another dataset: never judge it here.
+            reason = skipped_on_this_dataset(layout, name)
+            if reason:
+                print(f"{name}: not judged, its stage skipped this dataset: {reason}")
+                decisions.append({"model": name, "verdict": "skipped", "reason": reason,
+                                  "split_id": split.split_id})
+                continue
             try:
                 decision = promote(name, split, cfg.primary, cfg.metrics, cfg.alpha, cfg.test,
                                    version=version)
@@ -68,7 +90,7 @@ def promote_flow(params_path: str = "params.yaml", models: list[str] | None = No
             print(decision.summary())
             decisions.append({**decision.__dict__, "verdict": decision.verdict,
                               "split_id": split.split_id})
-        out = Layout(params.data.name).root / "promotion" / "decisions.json"
+        out = layout.root / "promotion" / "decisions.json"
         write_text_atomic(out, json.dumps(decisions, indent=2) + "\n")
         mlflow.log_dict(decisions, "promotion/decisions.json")
     return decisions

@@ -1,9 +1,12 @@
 """Champion/challenger promotion against a real MLflow registry (the tests' tmp sqlite store)."""
 
+import json
+
 import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from components.layout import Layout
 from components.promotion import (
     EXPERIMENT,
     PromotionSplit,
@@ -11,6 +14,7 @@ from components.promotion import (
     promote,
 )
 from components.registry import set_alias, version_of
+from flows.promote import skipped_on_this_dataset
 from tests.promotion.toy_rankers import FixedRankRanker
 
 N = 30
@@ -102,3 +106,16 @@ def test_missing_challenger_and_unknown_interface_are_explained():
         _promote("never-registered")
     with pytest.raises(ValueError, match="no pyfunc interface"):
         promote("some-model", SPLIT, "ndcg_cut_10", METRICS)
+
+
+def test_a_model_whose_stage_skipped_the_dataset_is_not_judged(tmp_path):
+    """GR/DGR skip a dataset trained on another one's queries: promote must not judge the
+    registry's (other dataset's) version there, and says why."""
+    layout = Layout("trec-like", root=tmp_path)
+    (layout.root / "dgr").mkdir(parents=True)
+    (layout.root / "dgr" / "summary.json").write_text(json.dumps({"skipped": "no queries"}))
+    (layout.root / "rabtriever").mkdir()
+    (layout.root / "rabtriever" / "summary.json").write_text(json.dumps({"corpus_docs": 8}))
+    assert skipped_on_this_dataset(layout, "dgr") == "no queries"
+    assert skipped_on_this_dataset(layout, "rabtriever") is None
+    assert skipped_on_this_dataset(layout, "teacher-reranker") is None  # no summary.json
