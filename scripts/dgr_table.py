@@ -70,7 +70,10 @@ def main() -> None:
     dataset = load_beir(params.data.dataset_dir())
     queries, corpus = dataset.queries_dict(), dataset.corpus_dict()
     index = IdentifierIndex.load(dgr_dir / "identifiers.json")
-    sub_corpus = {d: corpus[d] for d in index.doc_ids()}
+    # The stage's corpus in the stage's order: the order of the indexing examples, and so the
+    # stage-1 model, depends on it.
+    doc_ids = json.loads((layout.rank_lists_dir / "corpus_subset.json").read_text())
+    sub_corpus = {d: corpus[d] for d in doc_ids}
 
     train_split, split = params.data.train_split, params.data.test_split
     teacher_runs = {name: read_trec_run(layout.run_dir(name) / f"{train_split}.trec")[0]
