@@ -47,12 +47,18 @@ def collect(outputs_dir: Path) -> pd.DataFrame:
 
 
 def skip_notes(outputs_dir: Path) -> dict[str, list[str]]:
-    """dataset -> reasons stages gave for not producing a system (their summary.json)."""
+    """dataset -> reasons stages gave for not producing a system: a `skipped` entry in their
+    summary.json, or the DISABLED.md a switched-off stage leaves in its run folders."""
     notes: dict[str, list[str]] = {}
     for path in sorted(Path(outputs_dir).glob("*/*/summary.json")):
         reason = json.loads(path.read_text()).get("skipped")
         if reason:
             notes.setdefault(path.parent.parent.name, []).append(reason)
+    for path in sorted(Path(outputs_dir).glob("*/runs/*/DISABLED.md")):
+        reason = path.read_text().strip()
+        dataset_notes = notes.setdefault(path.parent.parent.parent.name, [])
+        if reason and reason not in dataset_notes:  # one note per stage, not per run folder
+            dataset_notes.append(reason)
     return notes
 
 

@@ -33,6 +33,9 @@ def _outputs(tmp_path):
     (tmp_path / "trec-dl19-subset" / "dgr").mkdir(parents=True)
     (tmp_path / "trec-dl19-subset" / "dgr" / "summary.json").write_text(
         json.dumps({"skipped": "GR/DGR not trained: no training queries"}))
+    for run in ("biencoder_rerank", "biencoder_full"):
+        (tmp_path / "scifact" / "runs" / run).mkdir(parents=True)
+        (tmp_path / "scifact" / "runs" / run / "DISABLED.md").write_text("bi-encoder is off\n")
     return tmp_path
 
 
@@ -64,3 +67,4 @@ def test_write_summary_lists_pending_systems_and_skip_notes(tmp_path):
     assert "BM25" not in todo["esconv-strategy"]
     assert "| esconv-strategy | dialogue context -> support strategy" in markdown
     assert "dev | test | R@1" in markdown
+    assert markdown.count("note: bi-encoder is off") == 1
