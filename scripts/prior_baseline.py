@@ -5,8 +5,9 @@
 On tasks with a small, fixed document set (the 8 ESConv strategies, the LIBERO goals) a model
 can score well by learning which documents are relevant most often, without reading the query.
 This prints that prior's metrics on the test split (all queries, the seeded evaluation
-sample the model stages use, and its first `dgr.eval_queries` where GR/DGR are decoded), so a model row can be read against it. The prior is counted on
-the training split of the dataset that trains the models (`components/data/catalog.py`).
+sample the model stages use, and its first `dgr.eval_queries` where GR/DGR are decoded), so
+a model row can be read against it. The prior is counted on the training split of the
+dataset that trains the models (`components/data/catalog.py`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main() -> None:
     params = load_params(args.params, {"data.name": args.dataset} if args.dataset else None)
     data = params.data
     dataset = load_beir(data.dataset_dir())
-    train = load_beir(Path(data.root) / data.train_name) if data.trains_elsewhere else dataset
+    train = load_beir(data.train_dataset_dir()) if data.trains_elsewhere else dataset
     counts = Counter(d for judged in train.qrels_dict(data.train_split).values()
                      for d, grade in judged.items() if grade > 0)
     # Most often relevant first; documents never relevant in training after them, in id order.
