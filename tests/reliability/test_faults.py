@@ -58,9 +58,10 @@ def _digest(path: Path) -> str:
         return json.dumps({k: v for k, v in json.loads(path.read_text()).items()
                            if k != "latency"})
     if path.name == "results.md":
-        # Without the cells, and without the padding whose width follows the widest cell.
-        table = re.sub(r"[ ]+|-+", "", LATENCY_CELL.sub("", path.read_text()))
-        return hashlib.md5(table.encode()).hexdigest()
+        # Cell by cell, stripped: the padding follows the widest latency cell's width.
+        rows = [[LATENCY_CELL.sub("", cell).strip(" :-") for cell in line.split("|")]
+                for line in path.read_text().splitlines()]
+        return json.dumps(rows)
     if path.name == "results.csv":
         lines = [line.split(",") for line in path.read_text().splitlines()]
         keep = [i for i, name in enumerate(lines[0]) if not name.startswith("latency")]
