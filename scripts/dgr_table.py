@@ -1,10 +1,13 @@
 """DGR robustness table: nDCG@10 by teacher run x distillation loss (docs/benchmarks.md).
 
     .venv/bin/python scripts/dgr_table.py [--stage1-steps 50] [--queries 20] \
-        [--teachers teacher bm25] [--losses ranknet listwise_kl] [--params params.yaml]
+        [--teachers teacher bm25] [--losses ranknet listwise_kl] [--params params.yaml] \
+        [--views title span --distill-view title]
 
 Needs the pipeline's `distill_dgr` outputs (identifiers.json, trie.json) and the train-split
 rank lists of every named teacher run (`outputs/<dataset>/runs/<teacher>/<train split>.trec`).
+`--views` builds identifiers and a trie in those views instead of using the stage's (all
+views weighted 1; `--distill-view` names the one stage 2 scores passages by).
 Trains stage 1 (GR) once, then stage 2 (DGR) from that model for each teacher x loss, all with
 the same seed and the `dgr` parameters otherwise; decodes the first `--queries` of the
 evaluation sample with each model and reports nDCG@10 (pytrec_eval), R@10 and the paired
@@ -30,14 +33,20 @@ configure_environment()
 from components.config import load_params  # noqa: E402
 from components.data.beir import load_beir  # noqa: E402
 from components.data.sampling import sample_query_ids  # noqa: E402
-from components.dgr.identifiers import IdentifierIndex  # noqa: E402
+from components.dgr.identifiers import (  # noqa: E402
+    IdentifierIndex,
+    IdentifierParams,
+    build_identifier_index,
+)
 from components.dgr.retriever import GenerativeRetriever, RetrieverConfig  # noqa: E402
 from components.dgr.training import stage1_examples, train_stage1, train_stage2  # noqa: E402
+from components.dgr.trie import build_trie  # noqa: E402
 from components.evaluation.metrics import mean_metrics, per_query_metrics  # noqa: E402
 from components.evaluation.significance import compare  # noqa: E402
 from components.layout import Layout, run_key  # noqa: E402
+from components.models.base_model import load_tokenizer  # noqa: E402
 from components.runs import read_trec_run  # noqa: E402
-from flows.distill_dgr import train_params  # noqa: E402
+from flows.distill_dgr import tfidf_embeddings, train_params  # noqa: E402
 
 METRICS = ["ndcg_cut_10", "recall_10"]
 
@@ -61,19 +70,37 @@ def main() -> None:
                         help="test queries decoded (default: dgr.eval_queries)")
     parser.add_argument("--teachers", nargs="+", default=["teacher", "bm25"])
     parser.add_argument("--losses", nargs="+", default=["ranknet", "listwise_kl"])
+    parser.add_argument("--views", nargs="+", default=None,
+                        help="identifier views (default: the stage's identifiers, dgr.views)")
+    parser.add_argument("--distill-view", default=None,
+                        help="view stage 2 scores passages by (default: dgr.distill_view)")
     args = parser.parse_args()
     params = load_params(args.params)
     cfg, layout = params.dgr, Layout(params.data.name)
+    if args.views:
+        cfg = cfg.model_copy(update={
+            "views": args.views, "view_weights": dict.fromkeys(args.views, 1.0),
+            "distill_view": args.distill_view or cfg.distill_view})
     stage1_steps = args.stage1_steps or cfg.stage1_steps
     n_queries = args.queries or cfg.eval_queries
     dgr_dir, out = layout.root / "dgr", layout.root / "dgr_table"
     dataset = load_beir(params.data.dataset_dir())
     queries, corpus = dataset.queries_dict(), dataset.corpus_dict()
-    index = IdentifierIndex.load(dgr_dir / "identifiers.json")
     # The stage's corpus in the stage's order: the order of the indexing examples, and so the
     # stage-1 model, depends on it.
     doc_ids = json.loads((layout.rank_lists_dir / "corpus_subset.json").read_text())
     sub_corpus = {d: corpus[d] for d in doc_ids}
+    if args.views:  # identifiers and trie in other views, built as the stage builds them
+        out = layout.root / f"dgr_table_{'_'.join(args.views)}"
+        dgr_dir = out / "identifiers"
+        dgr_dir.mkdir(parents=True, exist_ok=True)
+        index = build_identifier_index(
+            sub_corpus, IdentifierParams(views=tuple(args.views), seed=params.seed),
+            embeddings=tfidf_embeddings(corpus, doc_ids, cfg.semantic_dims, params.seed),
+            doc_ids=doc_ids)
+        build_trie(index, load_tokenizer(layout.base_model)).save(dgr_dir / "trie.json")
+        index.save(dgr_dir / "identifiers.json")
+    index = IdentifierIndex.load(dgr_dir / "identifiers.json")
 
     train_split, split = params.data.train_split, params.data.test_split
     teacher_runs = {name: read_trec_run(layout.run_dir(name) / f"{train_split}.trec")[0]
@@ -122,7 +149,8 @@ def main() -> None:
 
     lines = [f"DGR on `{params.data.name}` {split}, first {len(qids)} queries of the evaluation "
              f"sample; stage 1 {stage1_steps} steps, stage 2 {cfg.stage2_steps} steps, "
-             f"seed {params.seed}.", "",
+             f"seed {params.seed}; views {', '.join(cfg.views)}, stage 2 scores by "
+             f"{cfg.distill_view}.", "",
              "| teacher run | distillation loss | nDCG@10 | R@10 | p vs GR (nDCG@10) | s/query |",
              "|---|---|---|---|---|---|"]
     for r in rows:
