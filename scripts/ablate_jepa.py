@@ -28,7 +28,6 @@ import torch  # noqa: E402
 from components.config import load_params  # noqa: E402
 from components.data.beir import load_beir  # noqa: E402
 from components.data.sampling import sample_query_ids  # noqa: E402
-from components.evaluation.metrics import mean_metrics, per_query_metrics  # noqa: E402
 from components.layout import Layout  # noqa: E402
 from components.models.prompts import PromptTemplate  # noqa: E402
 from components.models.rabtriever import Predictor, Rabtriever  # noqa: E402
@@ -36,6 +35,7 @@ from components.runs import read_trec_run  # noqa: E402
 from components.training.jepa_trainer import JepaTrainParams, train_predictor  # noqa: E402
 from components.training.teacher_data import document_text  # noqa: E402
 from flows.distill_jepa import teacher_training_data  # noqa: E402
+from scripts.jepa_eval import rerank_ndcg  # noqa: E402
 
 SETTINGS = {
     "both (kl τ=1 + rkl)": dict(jepa_form="kl", rkl_weight=1.0),
@@ -69,7 +69,6 @@ def main() -> None:
     qids = sample_query_ids(qrels, params.data.eval_queries, params.seed)
     bm25, _ = read_trec_run(layout.run_dir("bm25") / f"{split}.trec")
     query_embs = retriever.encode_queries([queries[q] for q in qids])
-    row = {d: i for i, d in enumerate(retriever.doc_ids)}
     depth = params.rank_lists.depth
 
     print(f"| setting | epochs | train s | agreement (train pools) | rerank@{depth} nDCG@10 |")
@@ -84,13 +83,7 @@ def main() -> None:
         started = time.perf_counter()
         result = train_predictor(predictor, retriever.scorer, data, train_cfg)
         seconds = time.perf_counter() - started
-        retriever.predictor = predictor.eval()
-        run = {}
-        for qid, emb in zip(qids, query_embs, strict=True):
-            cands = [d for d, _ in bm25.get(qid, [])[:depth] if d in row]
-            scores = retriever.score(emb, retriever.doc_embeddings[[row[d] for d in cands]])
-            run[qid] = list(zip(cands, scores.tolist(), strict=True))
-        ndcg = mean_metrics(per_query_metrics(run, qrels, ["ndcg_cut_10"], qids))["ndcg_cut_10"]
+        ndcg = rerank_ndcg(retriever, predictor, qids, query_embs, bm25, qrels, depth)
         print(f"| {name} | {args.epochs} | {seconds:.0f} | {result.final_agreement:.3f} | "
               f"{ndcg:.4f} |", flush=True)
 
