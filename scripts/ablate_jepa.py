@@ -23,19 +23,10 @@ from components.settings import configure_environment  # noqa: E402
 
 configure_environment()
 
-import torch  # noqa: E402
 
 from components.config import load_params  # noqa: E402
-from components.data.beir import load_beir  # noqa: E402
-from components.data.sampling import sample_query_ids  # noqa: E402
-from components.layout import Layout  # noqa: E402
-from components.models.prompts import PromptTemplate  # noqa: E402
-from components.models.rabtriever import Predictor, Rabtriever  # noqa: E402
-from components.runs import read_trec_run  # noqa: E402
 from components.training.jepa_trainer import JepaTrainParams, train_predictor  # noqa: E402
-from components.training.teacher_data import document_text  # noqa: E402
-from flows.distill_jepa import teacher_training_data  # noqa: E402
-from scripts.jepa_eval import rerank_ndcg  # noqa: E402
+from scripts.jepa_eval import StudentBench  # noqa: E402
 
 SETTINGS = {
     "both (kl τ=1 + rkl)": dict(jepa_form="kl", rkl_weight=1.0),
@@ -53,37 +44,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args()
     params = load_params(args.params)
-    cfg, layout = params.jepa, Layout(params.data.name)
-    dataset = load_beir(params.data.dataset_dir())
-    queries = dataset.queries_dict()
-    texts = {d: document_text(doc) for d, doc in dataset.corpus_dict().items()}
-    retriever = Rabtriever.from_pretrained(
-        layout.teacher_model, template=PromptTemplate.load(params.teacher.task),
-        max_doc_tokens=params.teacher.max_doc_tokens, pooling=cfg.pooling,
-        bf16=params.teacher.bf16)
-    retriever.load_index(layout.root / "rabtriever")
-    data = teacher_training_data(retriever, layout.rank_lists_dir, params.data.train_split,
-                                 queries, texts, cfg.encode_batch_size)
-    split = params.data.test_split
-    qrels = dataset.qrels_dict(split)
-    qids = sample_query_ids(qrels, params.data.eval_queries, params.seed)
-    bm25, _ = read_trec_run(layout.run_dir("bm25") / f"{split}.trec")
-    query_embs = retriever.encode_queries([queries[q] for q in qids])
-    depth = params.rank_lists.depth
+    cfg = params.jepa
+    bench = StudentBench.load(params)
+    data = bench.stage_training_data()
+    depth = bench.depth
 
     print(f"| setting | epochs | train s | agreement (train pools) | rerank@{depth} nDCG@10 |")
     print("|---|---|---|---|---|")
     for name, overrides in SETTINGS.items():
-        torch.manual_seed(params.seed)
-        predictor = Predictor(retriever.model.config.hidden_size, width=cfg.predictor_width,
-                              depth=cfg.predictor_depth, form=cfg.predictor_form)
+        predictor = bench.fresh_predictor()
         train_cfg = replace(JepaTrainParams(epochs=args.epochs, top_m=cfg.top_m, lr=cfg.lr,
                                             batch_size=cfg.batch_size, seed=params.seed),
                             **overrides)
         started = time.perf_counter()
-        result = train_predictor(predictor, retriever.scorer, data, train_cfg)
+        result = train_predictor(predictor, bench.retriever.scorer, data, train_cfg)
         seconds = time.perf_counter() - started
-        ndcg = rerank_ndcg(retriever, predictor, qids, query_embs, bm25, qrels, depth)
+        ndcg = bench.rerank_ndcg(predictor)
         print(f"| {name} | {args.epochs} | {seconds:.0f} | {result.final_agreement:.3f} | "
               f"{ndcg:.4f} |", flush=True)
 

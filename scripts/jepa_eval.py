@@ -1,36 +1,89 @@
-"""Shared by the Rabtriever benchmark scripts: rerank quality of a trained predictor."""
+"""Shared by the Rabtriever benchmark scripts: the default run's student and its evaluation."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
+from components.config import Params
+from components.data.beir import BeirDataset, load_beir
+from components.data.sampling import sample_query_ids
 from components.evaluation.metrics import mean_metrics, per_query_metrics
+from components.layout import Layout
+from components.models.prompts import PromptTemplate
 from components.models.rabtriever import Predictor, Rabtriever
-from components.runs import Run
+from components.runs import Run, read_trec_run
+from components.training.jepa_trainer import JepaTrainingData
+from components.training.teacher_data import document_text
+from flows.distill_jepa import teacher_training_data
 
 
-def rerank_ndcg(
-    retriever: Rabtriever,
-    predictor: Predictor,
-    qids: Sequence[str],
-    query_embs: torch.Tensor,
-    bm25: Run,
-    qrels: Mapping[str, Mapping[str, int]],
-    depth: int,
-) -> float:
-    """Mean nDCG@10 (pytrec_eval) of `predictor` reordering BM25's top-`depth` per query.
+@dataclass
+class StudentBench:
+    """The pipeline's teacher LLM and Rabtriever document index, plus what rerank@K reads:
+    the evaluation queries (encoded alone), their qrels and BM25's candidates."""
 
-    `query_embs[i]` is query `qids[i]` encoded alone; candidates come from the retriever's
-    document index, as in the stage's `Rabtriever (rerank@K)` row.
-    """
-    retriever.predictor = predictor.eval()
-    row = {d: i for i, d in enumerate(retriever.doc_ids)}
-    run = {}
-    for qid, emb in zip(qids, query_embs, strict=True):
-        cands = [d for d, _ in bm25.get(qid, [])[:depth] if d in row]
-        scores = retriever.score(emb, retriever.doc_embeddings[[row[d] for d in cands]])
-        run[qid] = list(zip(cands, scores.tolist(), strict=True))
-    metrics = per_query_metrics(run, qrels, ["ndcg_cut_10"], list(qids))
-    return mean_metrics(metrics)["ndcg_cut_10"]
+    params: Params
+    layout: Layout
+    retriever: Rabtriever
+    dataset: BeirDataset
+    queries: dict[str, str]
+    texts: dict[str, str]  # doc id -> the text the teacher reads
+    qids: list[str]
+    qrels: dict[str, dict[str, int]]
+    bm25: Run
+    query_embs: torch.Tensor
+
+    @classmethod
+    def load(cls, params: Params) -> StudentBench:
+        cfg, layout = params.jepa, Layout(params.data.name)
+        dataset = load_beir(params.data.dataset_dir())
+        queries = dataset.queries_dict()
+        retriever = Rabtriever.from_pretrained(
+            layout.teacher_model, template=PromptTemplate.load(params.teacher.task),
+            max_doc_tokens=params.teacher.max_doc_tokens, pooling=cfg.pooling,
+            bf16=params.teacher.bf16)  # fmt: skip
+        retriever.load_index(layout.root / "rabtriever")
+        split = params.data.test_split
+        qrels = dataset.qrels_dict(split)
+        qids = sample_query_ids(qrels, params.data.eval_queries, params.seed)
+        return cls(
+            params=params, layout=layout, retriever=retriever, dataset=dataset, queries=queries,
+            texts={d: document_text(doc) for d, doc in dataset.corpus_dict().items()},
+            qids=qids, qrels=qrels,
+            bm25=read_trec_run(layout.run_dir("bm25") / f"{split}.trec")[0],
+            query_embs=retriever.encode_queries([queries[q] for q in qids]),
+        )  # fmt: skip
+
+    @property
+    def depth(self) -> int:
+        """K of rerank@K: the depth `BM25 → teacher` reranks."""
+        return self.params.rank_lists.depth
+
+    def stage_training_data(self) -> JepaTrainingData:
+        """The `distill_jepa` stage's training data (its cached teacher states)."""
+        return teacher_training_data(
+            self.retriever, self.layout.rank_lists_dir, self.params.data.train_split,
+            self.queries, self.texts, self.params.jepa.encode_batch_size)  # fmt: skip
+
+    def fresh_predictor(self) -> Predictor:
+        """An untrained predictor as the stage builds it (same seed, same shape)."""
+        cfg = self.params.jepa
+        torch.manual_seed(self.params.seed)
+        return Predictor(self.retriever.model.config.hidden_size, width=cfg.predictor_width,
+                         depth=cfg.predictor_depth, form=cfg.predictor_form)  # fmt: skip
+
+    def rerank_ndcg(self, predictor: Predictor) -> float:
+        """Mean nDCG@10 (pytrec_eval) of `predictor` reordering BM25's top-K per query, as in
+        the stage's `Rabtriever (rerank@K)` row."""
+        retriever = self.retriever
+        retriever.predictor = predictor.eval()
+        row = {d: i for i, d in enumerate(retriever.doc_ids)}
+        run = {}
+        for qid, emb in zip(self.qids, self.query_embs, strict=True):
+            cands = [d for d, _ in self.bm25.get(qid, [])[: self.depth] if d in row]
+            scores = retriever.score(emb, retriever.doc_embeddings[[row[d] for d in cands]])
+            run[qid] = list(zip(cands, scores.tolist(), strict=True))
+        metrics = per_query_metrics(run, self.qrels, ["ndcg_cut_10"], self.qids)
+        return mean_metrics(metrics)["ndcg_cut_10"]

@@ -35,11 +35,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from components.atomic import atomic_path  # noqa: E402
 from components.config import load_params  # noqa: E402
-from components.data.beir import load_beir  # noqa: E402
 from components.data.sampling import sample_query_ids  # noqa: E402
 from components.layout import Layout, run_key  # noqa: E402
-from components.models.prompts import PromptTemplate  # noqa: E402
-from components.models.rabtriever import Predictor, Rabtriever  # noqa: E402
 from components.runs import read_trec_run  # noqa: E402
 from components.training.jepa_trainer import (  # noqa: E402
     JepaTrainingData,
@@ -48,9 +45,7 @@ from components.training.jepa_trainer import (  # noqa: E402
     build_training_data,
     train_predictor,
 )
-from components.training.teacher_data import document_text  # noqa: E402
-from flows.distill_jepa import teacher_training_data  # noqa: E402
-from scripts.jepa_eval import rerank_ndcg  # noqa: E402
+from scripts.jepa_eval import StudentBench  # noqa: E402
 
 TENSORS = ("query_index", "doc_index", "hidden", "logits", "logit_ids", "scores")
 
@@ -109,23 +104,17 @@ def main() -> None:
     cfg, layout = params.jepa, Layout(params.data.name)
     if params.data.trains_elsewhere:
         sys.exit(f"{params.data.name} trains on {params.data.train_name}: run the curve there")
-    dataset = load_beir(params.data.dataset_dir())
-    queries = dataset.queries_dict()
-    texts = {d: document_text(doc) for d, doc in dataset.corpus_dict().items()}
-    retriever = Rabtriever.from_pretrained(
-        layout.teacher_model, template=PromptTemplate.load(params.teacher.task),
-        max_doc_tokens=params.teacher.max_doc_tokens, pooling=cfg.pooling,
-        bf16=params.teacher.bf16)
-    retriever.load_index(layout.root / "rabtriever")
+    bench = StudentBench.load(params)
+    retriever, queries, texts = bench.retriever, bench.queries, bench.texts
     train_split = params.data.train_split
-    data = teacher_training_data(retriever, layout.rank_lists_dir, train_split, queries, texts,
-                                 cfg.encode_batch_size)
+    data = bench.stage_training_data()
+    train_qrels = bench.dataset.qrels_dict(train_split)
 
     # More training queries: the stage's first, then a seeded sample of the rest.
     stage_qids = set(data.query_ids)
     bm25_train, _ = read_trec_run(layout.run_dir("bm25") / f"{train_split}.trec")
     wanted = max(args.queries) - len(stage_qids)
-    rest = [q for q in dataset.qrels_dict(train_split) if q not in stage_qids and bm25_train.get(q)]
+    rest = [q for q in train_qrels if q not in stage_qids and bm25_train.get(q)]
     extra_qids = sample_query_ids(rest, wanted, params.seed) if wanted > 0 else []
     # Keyed by what the states depend on: the queries, the depth and the teacher (whose scores
     # in pairs.parquet change whenever it is retrained).
@@ -147,21 +136,14 @@ def main() -> None:
     if extra_qids:
         data = concat(data, load_data(cache))
 
-    split = params.data.test_split
-    qrels = dataset.qrels_dict(split)
-    qids = sample_query_ids(qrels, params.data.eval_queries, params.seed)
-    bm25, _ = read_trec_run(layout.run_dir("bm25") / f"{split}.trec")
-    query_embs = retriever.encode_queries([queries[q] for q in qids])
-    depth = params.rank_lists.depth
+    depth = bench.depth
 
     lines = [f"| training queries | pairs | train s | agreement (train pools) | "
              f"rerank@{depth} nDCG@10 |", "|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for n in sorted(args.queries):
         subset = first_queries(data, n)
-        torch.manual_seed(params.seed)
-        predictor = Predictor(retriever.model.config.hidden_size, width=cfg.predictor_width,
-                              depth=cfg.predictor_depth, form=cfg.predictor_form)
+        predictor = bench.fresh_predictor()
         train_cfg = JepaTrainParams(
             epochs=cfg.epochs, top_m=cfg.top_m, rkl_weight=cfg.rkl_weight, lr=cfg.lr,
             batch_size=cfg.batch_size, jepa_form=cfg.jepa_form,
@@ -169,7 +151,7 @@ def main() -> None:
         started = time.perf_counter()
         result = train_predictor(predictor, retriever.scorer, subset, train_cfg)
         seconds = time.perf_counter() - started
-        ndcg = rerank_ndcg(retriever, predictor, qids, query_embs, bm25, qrels, depth)
+        ndcg = bench.rerank_ndcg(predictor)
         lines.append(f"| {min(n, len(data.query_ids))} | {len(subset.pairs.query_index)} | "
                      f"{seconds:.0f} | {result.final_agreement:.3f} | {ndcg:.4f} |")
         print(lines[-1], flush=True)
