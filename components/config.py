@@ -168,11 +168,15 @@ class JepaParams(Section):
     encode_batch_size: int = Field(16, ge=1)
 
 
+IdentifierView = Literal["title", "semantic_id", "span", "terms", "ngram"]
+
+
 class DGRParams(Section):
-    views: list[Literal["title", "semantic_id", "span", "terms"]] = ["semantic_id", "span"]
-    view_weights: dict[str, float] = {"semantic_id": 1.0, "span": 1.0}
+    views: list[IdentifierView] = ["ngram"]
+    view_weights: dict[str, float] = {"ngram": 1.0}
     eval_queries: int = Field(20, ge=0)
     semantic_dims: int = Field(64, ge=2)
+    ngram_words: int = Field(3, ge=1)
     teacher_run: str = "teacher"
     train_mode: Literal["full", "top_layers"] = "top_layers"
     top_layers: int = Field(6, ge=1)
@@ -185,7 +189,7 @@ class DGRParams(Section):
     num_passages: int = Field(8, ge=2)
     sampling: Literal["top", "top_random"] = "top"
     distill_loss: Literal["ranknet", "listwise_kl"] = "ranknet"
-    distill_view: Literal["title", "semantic_id", "span", "terms"] = "semantic_id"
+    distill_view: IdentifierView = "ngram"
     alpha: float = Field(1.0, ge=0)
     temperature: float = Field(1.0, gt=0)
     margin: float = Field(0.0, ge=0)

@@ -97,7 +97,8 @@ def distill_dgr(params_path: str = "params.yaml") -> dict:
         started = time.perf_counter()
         embeddings = tfidf_embeddings(corpus, doc_ids, cfg.semantic_dims, params.seed)
         index = build_identifier_index(
-            sub_corpus, IdentifierParams(views=tuple(cfg.views), seed=params.seed),
+            sub_corpus, IdentifierParams(views=tuple(cfg.views), ngram_words=cfg.ngram_words,
+                                         seed=params.seed),
             embeddings=embeddings, doc_ids=doc_ids)
         tokenizer = load_tokenizer(layout.base_model)
         trie = build_trie(index, tokenizer)

@@ -95,7 +95,8 @@ def main() -> None:
         dgr_dir = out / "identifiers"
         dgr_dir.mkdir(parents=True, exist_ok=True)
         index = build_identifier_index(
-            sub_corpus, IdentifierParams(views=tuple(args.views), seed=params.seed),
+            sub_corpus, IdentifierParams(views=tuple(args.views), ngram_words=cfg.ngram_words,
+                                         seed=params.seed),
             embeddings=tfidf_embeddings(corpus, doc_ids, cfg.semantic_dims, params.seed),
             doc_ids=doc_ids)
         build_trie(index, load_tokenizer(layout.base_model)).save(dgr_dir / "trie.json")

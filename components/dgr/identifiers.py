@@ -11,6 +11,15 @@ words the query could match), so every passage gets identifiers in several views
 - "span":        the first `span_words` words of the text: a salient span / pseudo query that
                  works without titles (the leading sentence of a passage usually states its topic).
 - "terms":       the passage's top `terms_count` TF-IDF terms, best first.
+- "ngram":       every `ngram_words`-word window of the first `ngram_max_words` words of title and
+                 text (SEAL's and MINDER's body substrings, word-aligned so that a token trie can
+                 hold them instead of an FM-index). A model can copy words of the query into such
+                 an identifier, so this view reaches passages it never memorised; the others
+                 must be learnt passage by passage.
+
+Which identifiers of a passage a training example targets is `IdentifierIndex.targets`: all of
+them in the one-identifier views; in the n-gram view (about a hundred per passage) the few that
+share the rarest words with the query, or, for an indexing example, the rarest ones.
 
 Identifiers may be shared (two passages titled alike): the index maps an identifier to every
 passage that carries it, and the retriever scores all of them. This module knows nothing about
@@ -20,7 +29,9 @@ tokenizers; `trie.py` turns identifiers into token sequences.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +40,8 @@ import numpy as np
 
 from components.atomic import write_text_atomic
 
-TITLE, SEMANTIC_ID, SPAN, TERMS = "title", "semantic_id", "span", "terms"
-KNOWN_VIEWS = (TITLE, SEMANTIC_ID, SPAN, TERMS)
+TITLE, SEMANTIC_ID, SPAN, TERMS, NGRAM = "title", "semantic_id", "span", "terms", "ngram"
+KNOWN_VIEWS = (TITLE, SEMANTIC_ID, SPAN, TERMS, NGRAM)
 INDEX_FORMAT_VERSION = 1
 
 Corpus = Mapping[str, Mapping[str, str]]  # doc id -> {"title": ..., "text": ...} (BEIR layout)
@@ -44,6 +55,8 @@ class IdentifierParams:
     title_max_words: int = 16
     span_words: int = 10
     terms_count: int = 6
+    ngram_words: int = 3
+    ngram_max_words: int = 100  # bounds the trie: ~100 entries per passage
     semantic_branching: int = 10  # k of every k-means split
     semantic_leaf_size: int = 10  # clusters this small are not split again
     semantic_max_depth: int = 6  # safety stop; the final digit still disambiguates
@@ -53,6 +66,8 @@ class IdentifierParams:
         unknown = set(self.views) - set(KNOWN_VIEWS)
         if unknown or not self.views:
             raise ValueError(f"views must be a non-empty subset of {KNOWN_VIEWS}, got {self.views}")
+        if self.ngram_words < 1 or self.ngram_max_words < self.ngram_words:
+            raise ValueError("ngram_words must be >= 1 and <= ngram_max_words")
         if self.semantic_branching < 2 or self.semantic_leaf_size < 1:
             raise ValueError("semantic_branching must be >= 2 and semantic_leaf_size >= 1")
 
@@ -78,6 +93,29 @@ def span_identifiers(corpus: Corpus, n_words: int = 10) -> dict[str, list[str]]:
         if span:
             out[doc_id] = [span]
     return out
+
+
+def ngram_identifiers(
+    corpus: Corpus, n_words: int = 3, max_words: int = 100
+) -> dict[str, list[str]]:
+    """Every n-word window of the first `max_words` words of title + text, in text order (a
+    shorter passage gives its whole text as one identifier)."""
+    out = {}
+    for doc_id, doc in corpus.items():
+        words = clean(f"{doc.get('title') or ''} {doc.get('text') or ''}").split()[:max_words]
+        windows = range(max(1, len(words) - n_words + 1))
+        grams = list(dict.fromkeys(" ".join(words[i : i + n_words]) for i in windows))
+        if grams and grams[0]:
+            out[doc_id] = grams
+    return out
+
+
+def word_key(word: str) -> str:
+    """What two words must share to count as the same word when matching a query: lower-cased
+    letters only (so "Rapamycin," matches "rapamycin"); "" for numbers and punctuation, which
+    carry no topic and would otherwise look rare."""
+    key = re.sub(r"[^a-z]", "", word.lower())
+    return key if len(key) > 1 else ""
 
 
 def tfidf_identifiers(corpus: Corpus, n_terms: int = 6) -> dict[str, list[str]]:
@@ -162,6 +200,7 @@ class IdentifierIndex:
             for view, per_doc in doc_identifiers.items()
         }
         self._docs: dict[str, dict[str, list[str]]] = {}
+        self._idf_cache: dict[str, float] | None = None
         for view, per_doc in self.doc_identifiers.items():
             reverse = self._docs.setdefault(view, {})
             for doc_id, identifiers in per_doc.items():
@@ -181,6 +220,41 @@ class IdentifierIndex:
     def docs(self, view: str, identifier: str) -> list[str]:
         """Every passage carrying `identifier` in `view` (empty for an unknown identifier)."""
         return self._docs.get(view, {}).get(identifier, [])
+
+    def targets(
+        self, view: str, doc_id: str, query: str | None = None, limit: int = 2
+    ) -> list[str]:
+        """The identifiers of a passage that training teaches the model to generate.
+
+        Every identifier, except in the n-gram view: there the `limit` n-grams whose words
+        shared with `query` are rarest in the corpus (sum of IDF; ties: text order), the window
+        a model that copies from the query would produce; without a query (an indexing example)
+        the `limit` rarest n-grams of the passage, its most specific phrases.
+        """
+        identifiers = self.identifiers(view, doc_id)
+        if view != NGRAM or not identifiers:
+            return identifiers
+        idf = self._idf()
+        shared = {word_key(w) for w in query.split()} if query is not None else None
+
+        def weight(gram: str) -> float:
+            keys = {word_key(w) for w in gram.split()} - {""}
+            return sum(idf.get(k, 0.0) for k in (keys & shared if shared is not None else keys))
+
+        order = sorted(range(len(identifiers)), key=lambda i: (-weight(identifiers[i]), i))
+        return [identifiers[i] for i in order[:limit]]
+
+    def _idf(self) -> dict[str, float]:
+        """Inverse document frequency of word keys over the passages' n-grams (cached)."""
+        if self._idf_cache is None:
+            per_doc = self.doc_identifiers.get(NGRAM, {})
+            counts: dict[str, int] = {}
+            for grams in per_doc.values():
+                for key in {word_key(w) for g in grams for w in g.split()} - {""}:
+                    counts[key] = counts.get(key, 0) + 1
+            n = len(per_doc)
+            self._idf_cache = {k: math.log((1 + n) / (1 + c)) for k, c in counts.items()}
+        return self._idf_cache
 
     def view_identifiers(self, view: str) -> dict[str, list[str]]:
         """identifier -> passages, for one view."""
@@ -227,6 +301,8 @@ def build_identifier_index(
             views[view] = span_identifiers(corpus, params.span_words)
         elif view == TERMS:
             views[view] = tfidf_identifiers(corpus, params.terms_count)
+        elif view == NGRAM:
+            views[view] = ngram_identifiers(corpus, params.ngram_words, params.ngram_max_words)
         elif view == SEMANTIC_ID:
             if embeddings is None:
                 raise ValueError("the semantic_id view needs document embeddings")

@@ -248,10 +248,11 @@ class GenerativeRetriever:
         )[0]
 
     def passage_logprobs(self, query: str, doc_ids: Sequence[str], view: str) -> torch.Tensor:
-        """[n] identifier log-probs of passages (their first identifier in `view`)."""
+        """[n] identifier log-probs of passages (in `view`, the identifier DGR trains on:
+        `IdentifierIndex.targets(view, doc, query)[0]`)."""
         targets = []
         for doc_id in doc_ids:
-            identifiers = self.index.identifiers(view, doc_id)
+            identifiers = self.index.targets(view, doc_id, query, limit=1)
             if not identifiers:
                 raise KeyError(f"passage {doc_id!r} has no identifier in view {view!r}")
             targets.append(encode_identifier(self.tokenizer, view, identifiers[0]))

@@ -1,15 +1,17 @@
 """Training the generative retriever: stage 1 (standard GR), stage 2 (DGR distillation).
 
 Stage 1 teaches the model to emit identifiers at all: cross-entropy on the identifier tokens of
-  - query examples:    a training query -> each identifier (every view) of each relevant passage;
+  - query examples:    a training query -> the identifiers of each relevant passage, every view;
   - indexing examples: a passage's own text (cut to `max_doc_tokens`) -> its identifiers,
+(in the n-gram view, the few `IdentifierIndex.targets` picks rather than all of them)
 so every passage of the corpus is reachable, not only the judged ones (DSI's indexing task).
 Prompt tokens are masked with -100; both kinds go through the one retrieval prompt.
 
 Stage 2 (DGR, Li et al. 2024) distils a teacher's rank list: per training query, m passages from
 the teacher's run (positives from the qrels first, then the teacher's order; see
 `sample_passages`), the student's score of each is the teacher-forced log-probability of its
-identifier in one view (default the semantic id), and
+identifier in one view (`distill_view`; in the n-gram view, the passage's n-gram that shares
+the rarest words with the query: the one the model would generate), and
 
     loss = distill(student scores, teacher order / scores) + alpha * generation loss,
 
@@ -130,7 +132,7 @@ def stage1_examples(
                 examples += [
                     GRExample(queries[qid], view, identifier, "query")
                     for view in views
-                    for identifier in index.identifiers(view, doc_id)
+                    for identifier in index.targets(view, doc_id, query=queries[qid])
                 ]
     if indexing:
         for doc_id, doc in corpus.items():
@@ -138,7 +140,7 @@ def stage1_examples(
             examples += [
                 GRExample(text, view, identifier, "index")
                 for view in views
-                for identifier in index.identifiers(view, doc_id)
+                for identifier in index.targets(view, doc_id)
             ]
     return examples
 
@@ -297,7 +299,7 @@ class _Stage2:
         for item in batch:
             prompt = self.prompt.encode([item.query])[0]
             for doc_id in item.doc_ids:
-                identifier = self.index.identifiers(p.distill_view, doc_id)[0]
+                identifier = self.index.targets(p.distill_view, doc_id, item.query, limit=1)[0]
                 prompts.append(prompt)
                 targets.append(encode_identifier(self.tokenizer, p.distill_view, identifier))
         logprobs, mask = target_logprobs(

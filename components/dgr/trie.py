@@ -29,7 +29,9 @@ from components.atomic import write_text_atomic
 from components.dgr.identifiers import IdentifierIndex
 
 TRIE_FORMAT_VERSION = 1
-VIEW_PREFIXES = {"title": "title:", "semantic_id": "id:", "span": "span:", "terms": "terms:"}
+VIEW_PREFIXES = {
+    "title": "title:", "semantic_id": "id:", "span": "span:", "terms": "terms:", "ngram": "ngram:"
+}
 
 Key = tuple[str, str]  # (view, identifier)
 

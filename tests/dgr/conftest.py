@@ -50,8 +50,9 @@ def identifier_index(corpus, embeddings):
     from components.dgr.identifiers import IdentifierParams, build_identifier_index
 
     params = IdentifierParams(
-        views=("title", "semantic_id", "span", "terms"),
+        views=("title", "semantic_id", "span", "terms", "ngram"),
         span_words=4,
+        ngram_words=2,
         terms_count=3,
         semantic_branching=3,
         semantic_leaf_size=4,

@@ -5,6 +5,7 @@ from components.dgr.identifiers import (
     IdentifierIndex,
     IdentifierParams,
     build_identifier_index,
+    ngram_identifiers,
     semantic_ids,
     span_identifiers,
     tfidf_identifiers,
@@ -53,6 +54,47 @@ def test_text_views(corpus):
     assert set(terms["d07"][0].split()) <= set(
         (corpus["d07"]["title"] + " " + corpus["d07"]["text"]).split()
     )
+
+
+def test_ngram_view_holds_every_window_of_the_passage_head():
+    corpus = {
+        "a": {"title": "Rapamycin in flies", "text": "lowers  triglyceride levels, 2013."},
+        "b": {"title": "", "text": "short"},
+        "c": {"title": "", "text": "one two one two one"},
+    }
+    grams = ngram_identifiers(corpus, n_words=3, max_words=6)
+    # Whitespace normalised, cut after 6 words.
+    assert grams["a"] == [
+        "Rapamycin in flies",
+        "in flies lowers",
+        "flies lowers triglyceride",
+        "lowers triglyceride levels,",
+    ]
+    assert grams["b"] == ["short"]  # shorter than n: the whole text
+    assert grams["c"] == ["one two one", "two one two"]  # repeated windows kept once
+
+
+def test_ngram_targets_follow_the_rarest_words_shared_with_the_query():
+    ngrams = {
+        "a": ["the effect of", "effect of rapamycin", "rapamycin on flies", "on flies in"],
+        "b": ["the effect of", "effect of diet"],
+        "c": ["the effect of", "of flies and"],
+    }
+    index = IdentifierIndex({"ngram": ngrams, "title": {"a": ["Rapamycin"]}})
+    # "rapamycin" occurs in one passage, "flies" in two, "effect" in all: rarest shared wins.
+    assert index.targets("ngram", "a", "Does rapamycin affect flies?", limit=1) == [
+        "rapamycin on flies"
+    ]
+    # Only words every passage has in common: all tie, text order decides.
+    assert index.targets("ngram", "a", "the EFFECT of diet", limit=2) == [
+        "the effect of",
+        "effect of rapamycin",
+    ]
+    # No query (an indexing example): the passage's rarest phrases.
+    assert index.targets("ngram", "a", limit=1) == ["rapamycin on flies"]
+    # One-identifier views: every identifier, whatever the query.
+    assert index.targets("title", "a", "anything") == ["Rapamycin"]
+    assert index.targets("ngram", "missing", "rapamycin") == []
 
 
 def test_shared_identifier_maps_to_all_passages(identifier_index, corpus):

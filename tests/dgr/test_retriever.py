@@ -14,7 +14,7 @@ from components.dgr.retriever import (
 from components.dgr.trie import build_trie, encode_identifier
 from tests.dgr.conftest import WORDS
 
-ALL_VIEWS = {"title": 1.0, "semantic_id": 1.0, "span": 1.0, "terms": 1.0}
+ALL_VIEWS = {"title": 1.0, "semantic_id": 1.0, "span": 1.0, "terms": 1.0, "ngram": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def random_queries(n: int, seed: int) -> list[str]:
 def test_constrained_decoding_only_yields_corpus_identifiers(retriever, identifier_index):
     # A random model has no idea what an identifier is: only the trie keeps outputs valid.
     queries = random_queries(16, seed=0)
-    for view in ("semantic_id", "title", "span"):
+    for view in ("semantic_id", "title", "span", "ngram"):
         known = identifier_index.view_identifiers(view)
         results = retriever.generate_identifiers(queries, view, num_beams=3)
         assert len(results) == len(queries)

@@ -28,13 +28,15 @@ def small_stage1_examples(corpus, identifier_index):
 def test_stage1_examples_cover_queries_and_every_passage(corpus, identifier_index):
     examples = stage1_examples(QUERIES, QRELS, corpus, identifier_index)
     query_examples = [e for e in examples if e.kind == "query"]
-    # d03 and d05 are relevant (d06 has grade 0); one example per view they have an id in.
+    # d03 and d05 are relevant (d06 has grade 0); one example per target identifier, every view
+    # (all of a passage's identifiers, but the n-gram view's two best for the query).
     assert {e.source for e in query_examples} == set(QUERIES.values())
     assert len(query_examples) == sum(
-        len(identifier_index.identifiers(v, d))
-        for d in ("d03", "d05")
+        len(identifier_index.targets(v, d, query))
+        for query, d in ((QUERIES["q1"], "d03"), (QUERIES["q2"], "d05"))
         for v in identifier_index.views
     )
+    assert sum(e.view == "ngram" for e in query_examples) == 4
     indexed = {(e.view, e.identifier) for e in examples if e.kind == "index"}
     for doc_id in corpus:
         assert ("semantic_id", identifier_index.identifiers("semantic_id", doc_id)[0]) in indexed
