@@ -1,8 +1,9 @@
 """Stage `distill_dgr`: generative retrieval (GR) and its distillation from the teacher (DGR).
 
-1. Identifiers for every passage of the students' corpus in several views (title, semantic
-   id from hierarchical k-means over TF-IDF/SVD vectors, a leading span), and one prefix trie
-   over their token sequences, so constrained beam search only yields existing identifiers.
+1. Identifiers for every passage of the students' corpus in the views of `dgr.views` (word
+   n-grams, title, semantic id from hierarchical k-means over TF-IDF/SVD vectors, a leading
+   span, TF-IDF terms), and one prefix trie over their token sequences, so constrained beam
+   search only yields existing identifiers.
 2. Stage 1 (GR): training queries -> identifiers of their relevant passages, plus indexing
    examples (passage text -> identifiers); cross-entropy on identifier tokens.
 3. Stage 2 (DGR): starting from the GR model, the teacher's rank lists of the training

@@ -239,7 +239,12 @@ class IdentifierIndex:
 
         def weight(gram: str) -> float:
             keys = {word_key(w) for w in gram.split()} - {""}
-            return sum(idf.get(k, 0.0) for k in (keys & shared if shared is not None else keys))
+            if shared is not None:
+                keys &= shared
+            # Summed in sorted order: in set order the float sum of equal IDFs could round
+            # differently per process (str hashes are salted), and so break ties, pick other
+            # training examples and train another model.
+            return sum(idf.get(k, 0.0) for k in sorted(keys))
 
         order = sorted(range(len(identifiers)), key=lambda i: (-weight(identifiers[i]), i))
         return [identifiers[i] for i in order[:limit]]

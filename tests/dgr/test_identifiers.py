@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +16,8 @@ from components.dgr.identifiers import (
     tfidf_identifiers,
     title_identifiers,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_semantic_ids_are_unique_short_paths():
@@ -121,3 +128,36 @@ def test_params_are_validated(corpus):
         IdentifierParams(views=("titel",))
     with pytest.raises(ValueError, match="embeddings"):
         build_identifier_index(corpus, IdentifierParams(views=("semantic_id",)))
+
+
+def test_ngram_targets_do_not_depend_on_the_hash_seed():
+    # "gamma" and "delta" occur once each (equal IDF), so the two windows tie exactly and text
+    # order must decide. Summed in set order, the IDFs would round differently from process to
+    # process (str hashes are salted), and so would the training examples.
+    script = """
+from components.dgr.identifiers import IdentifierIndex
+grams = {
+    "a": ["alpha beta gamma", "alpha beta delta"],
+    "b": ["alpha beta zeta"],
+    "c": ["alpha beta eta"],
+    "d": ["beta theta iota"],
+    "e": ["beta kappa lambda"],
+    "f": ["mu nu xi"],
+}
+index = IdentifierIndex({"ngram": grams})
+print(index.targets("ngram", "a", "alpha beta gamma delta", limit=2))
+"""
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+        for seed in range(12)
+    }
+    # With 6 passages, alpha in 3 and beta in 5, the three IDFs sum to two different floats
+    # depending on the order of addition.
+    assert outputs == {"['alpha beta gamma', 'alpha beta delta']\n"}
