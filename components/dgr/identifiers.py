@@ -112,8 +112,8 @@ def ngram_identifiers(
 
 def word_key(word: str) -> str:
     """What two words must share to count as the same word when matching a query: lower-cased
-    letters only (so "Rapamycin," matches "rapamycin"); "" for numbers and punctuation, which
-    carry no topic and would otherwise look rare."""
+    letters only (so "Rapamycin," matches "rapamycin"); "" for numbers, punctuation and
+    one-letter words, which carry no topic (numbers would otherwise look rare)."""
     key = re.sub(r"[^a-z]", "", word.lower())
     return key if len(key) > 1 else ""
 
