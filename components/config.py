@@ -151,7 +151,8 @@ class RankListsParams(Section):
 
 
 class JepaParams(Section):
-    predictor_form: Literal["mlp", "film"] = "mlp"
+    predictor_form: Literal["mlp", "film", "maxsim"] = "maxsim"
+    maxsim_layers: list[int] = Field([0, 4], min_length=1)
     predictor_width: int = Field(1024, ge=8)
     predictor_depth: int = Field(1, ge=1)
     pooling: Literal["mean", "last"] = "mean"

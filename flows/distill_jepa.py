@@ -32,8 +32,9 @@ from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout, run_key
+from components.models.late_interaction import TokenStates
 from components.models.prompts import PromptTemplate
-from components.models.rabtriever import EMBEDDINGS_FILE, Predictor, Rabtriever
+from components.models.rabtriever import Predictor, Rabtriever
 from components.models.rabtriever_pyfunc import log_rabtriever_model
 from components.runs import read_trec_run, write_trec_run
 from components.training.jepa_trainer import (
@@ -55,8 +56,10 @@ def teacher_training_data(
     queries: dict[str, str],
     doc_texts: dict[str, str],
     batch_size: int,
-) -> JepaTrainingData:
-    """Cached embeddings + the teacher's stored per-pair states for the training pools."""
+) -> tuple[JepaTrainingData, TokenStates | None]:
+    """Cached embeddings + the teacher's stored per-pair states for the training pools, and
+    the pool documents' token states (None unless the predictor reads them). A maxsim
+    predictor's IDF table must be fitted first (`Rabtriever.fit_idf`): the features use it."""
     pairs = pd.read_parquet(rank_lists_dir / "pairs.parquet")
     pairs = pairs[pairs["split"] == split].sort_values("state_row")
     if pairs.empty:
@@ -68,21 +71,29 @@ def teacher_training_data(
     docids = list(dict.fromkeys(pairs["doc_id"]))
     q_row = {q: i for i, q in enumerate(qids)}
     d_row = {d: i for i, d in enumerate(docids)}
-    rows = torch.as_tensor(pairs["state_row"].to_numpy())
-    return JepaTrainingData(
-        query_embs=retriever.encode_queries([queries[q] for q in qids], batch_size),
-        doc_embs=retriever.encode_documents([doc_texts[d] for d in docids], batch_size),
-        pairs=TeacherPairs(
-            query_index=torch.as_tensor([q_row[q] for q in pairs["query_id"]]),
-            doc_index=torch.as_tensor([d_row[d] for d in pairs["doc_id"]]),
-            hidden=states["hidden"][rows],
-            logits=states["topk_logits"][rows],
-            logit_ids=states["topk_ids"][rows],
-            scores=torch.as_tensor(pairs["score"].to_numpy(), dtype=torch.float32),
-        ),
+    rows = torch.as_tensor(pairs["state_row"].to_numpy().copy())
+    query_texts = [queries[q] for q in qids]
+    doc_embs, doc_tokens = retriever.encode_corpus([doc_texts[d] for d in docids], batch_size)
+    teacher_pairs = TeacherPairs(
+        query_index=torch.as_tensor([q_row[q] for q in pairs["query_id"]]),
+        doc_index=torch.as_tensor([d_row[d] for d in pairs["doc_id"]]),
+        hidden=states["hidden"][rows],
+        logits=states["topk_logits"][rows],
+        logit_ids=states["topk_ids"][rows],
+        scores=torch.as_tensor(pairs["score"].to_numpy(), dtype=torch.float32),
+    )
+    data = JepaTrainingData(
+        query_embs=retriever.encode_queries(query_texts, batch_size),
+        doc_embs=doc_embs,
+        pairs=teacher_pairs,
         query_ids=qids,
         doc_ids=docids,
+        features=retriever.pair_features(
+            query_texts, doc_embs, doc_tokens, teacher_pairs.query_index,
+            teacher_pairs.doc_index, batch_size,
+        ),  # fmt: skip
     )
+    return data, doc_tokens
 
 
 def retrieval_corpus(mode: str, corpus_ids, rank_lists_dir: Path) -> list[str]:
@@ -114,9 +125,14 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
             width=cfg.predictor_width,
             depth=cfg.predictor_depth,
             form=cfg.predictor_form,
+            layers=cfg.maxsim_layers,
+            vocab_size=retriever.model.get_input_embeddings().num_embeddings,
         )
         retriever.predictor = predictor
         mlflow.log_param("predictor_parameters", predictor.num_parameters())
+        doc_ids = retrieval_corpus(cfg.corpus, doc_texts, layout.rank_lists_dir)
+        if predictor.uses_tokens:  # IDF over the corpus the index will hold (token ids only)
+            retriever.fit_idf([doc_texts[d] for d in doc_ids])
 
         if params.data.trains_elsewhere:  # the training pools are another dataset's
             train = load_beir(params.data.train_dataset_dir())
@@ -125,7 +141,7 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         else:
             train_queries, train_texts = queries, doc_texts
         started = time.perf_counter()
-        data = teacher_training_data(
+        data, pool_tokens = teacher_training_data(
             retriever,
             layout.rank_lists_dir,
             params.data.train_split,
@@ -176,21 +192,25 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         qrels = dataset.qrels_dict(split)
         qids = sample_query_ids(qrels, params.data.eval_queries, params.seed)
         depth = params.rank_lists.depth
-        doc_ids = retrieval_corpus(cfg.corpus, doc_texts, layout.rank_lists_dir)
         started = time.perf_counter()
         # Reuse the training pools' embeddings, unless they are another corpus's documents.
         known = {} if params.data.trains_elsewhere else {d: i for i, d in enumerate(data.doc_ids)}
         fresh = [d for d in doc_ids if d not in known]
         # Nothing fresh when the training pools already hold the whole corpus (ESConv's 8
         # strategies), and the tokenizer refuses an empty batch.
-        fresh_embs = retriever.encode_documents(
+        fresh_embs, fresh_tokens = retriever.encode_corpus(
             [doc_texts[d] for d in fresh], cfg.encode_batch_size
-        ) if fresh else None
+        ) if fresh else (None, None)
+        # Index row i of [known pool documents; fresh documents] for each doc id, in order.
+        width = len(data.doc_embs)
         rows = {d: i for i, d in enumerate(fresh)}
-        embs = torch.stack(
-            [data.doc_embs[known[d]] if d in known else fresh_embs[rows[d]] for d in doc_ids]
-        )
-        retriever.set_index(doc_ids, embs)
+        source = [known[d] if d in known else width + rows[d] for d in doc_ids]
+        all_embs = data.doc_embs if fresh_embs is None else torch.cat([data.doc_embs, fresh_embs])
+        tokens = None
+        if retriever.token_layers:
+            parts = [t for t in (pool_tokens, fresh_tokens) if t is not None]
+            tokens = TokenStates.concat(parts).select(source)
+        retriever.set_index(doc_ids, all_embs[source], tokens)
         encode_seconds = time.perf_counter() - started
         print(
             f"document index: {len(doc_ids)} documents ({cfg.corpus}), "
@@ -216,15 +236,17 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         )
         write_trec_run(layout.run_dir("rabtriever_full") / f"{split}.trec", full, "Rabtriever-full")
         retriever.save(layout.root / "rabtriever")
-        # The document embeddings are the student's index; rerank mode also searches BM25's.
-        embeddings = folder_bytes(layout.root / "rabtriever" / EMBEDDINGS_FILE)
+        # The student's index (pooled embeddings, token states for maxsim); rerank mode also
+        # searches BM25's.
+        embeddings = folder_bytes(*sorted((layout.root / "rabtriever").glob("doc_*")))
+        what = "document embeddings" + (" + token states" if retriever.token_layers else "")
         bm25_cost = read_cost(layout.run_dir("bm25"))
         bm25_s = bm25_cost["latency"]["median_ms"] / 1000 if bm25_cost else 0.0
         write_cost(layout.run_dir("rabtriever_rerank"), [s + bm25_s for s in rerank_s],
                    embeddings + folder_bytes(layout.bm25_index),
-                   f"Lucene index + {len(doc_ids)} document embeddings; rerank top-{depth}")
+                   f"Lucene index + {len(doc_ids)} {what}; rerank top-{depth}")
         write_cost(layout.run_dir("rabtriever_full"), full_s, embeddings,
-                   f"{len(doc_ids)} document embeddings ({cfg.corpus}), full scan")
+                   f"{len(doc_ids)} {what} ({cfg.corpus}), full scan")
         summary = {
             "corpus": cfg.corpus,
             "predictor_parameters": predictor.num_parameters(),

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,12 @@ from torch import nn
 
 from components.atomic import atomic_path
 from components.models.base_model import load_causal_lm, load_tokenizer
+from components.models.late_interaction import (
+    TokenStates,
+    fit_idf,
+    maxsim_features,
+    num_features,
+)
 from components.models.prompts import (
     AnswerTokens,
     PromptBuilder,
@@ -60,7 +66,7 @@ from components.runs import Run
 log = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "last")
-PREDICTOR_FORMS = ("mlp", "film")
+PREDICTOR_FORMS = ("mlp", "film", "maxsim")
 FORMAT_VERSION = 1
 PREDICTOR_FILE = "predictor.safetensors"
 CONFIG_FILE = "rabtriever.json"
@@ -94,7 +100,17 @@ class Predictor(nn.Module):
     expressing the update in units of rms(q) makes the predictor's output scale independent of
     the residual stream's magnitude, which differs by orders of magnitude across models.
 
-    Size: hidden 576 (SmolLM2), width 1024, depth 1, mlp -> about 2.4M parameters.
+    form="maxsim": the document latent is its token states (`components/models/late_interaction`)
+        and the update is linear in k standardised late-interaction features f(q, d) (MaxSim and
+        IDF-weighted MaxSim per layer of `layers`, the pooled cosine):
+            q' = q + rms(q) * W_f (f - mu) / sigma,     W_f [H, k] initialised to zero
+        mu, sigma are fitted on the training pairs (`fit_feature_scaling`); the IDF table the
+        features use travels with the weights (`idf`, fitted on the indexed corpus). Width and
+        depth are unused. Measured best on SciFact (docs/benchmarks.md): with a few hundred
+        teacher pairs, an MLP over pooled vectors overfits where this small map generalises.
+
+    Size: hidden 576 (SmolLM2), width 1024, depth 1, mlp -> about 2.4M parameters; maxsim with
+    layers [0, 4] -> 3.5k weights (plus the 49k-entry IDF table, not trained).
     """
 
     def __init__(
@@ -104,14 +120,29 @@ class Predictor(nn.Module):
         depth: int = 1,
         form: str = "mlp",
         dropout: float = 0.0,
+        layers: Sequence[int] = (),
+        vocab_size: int = 0,
     ):
         super().__init__()
         if form not in PREDICTOR_FORMS:
             raise ValueError(f"predictor form must be one of {PREDICTOR_FORMS}, got {form!r}")
         if depth < 1 or width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
+        if form == "maxsim" and (not layers or vocab_size < 1):
+            raise ValueError("the maxsim form needs token layers and the vocabulary size")
         self.hidden_size, self.width, self.depth = hidden_size, width, depth
         self.form, self.dropout = form, dropout
+        self.layers = [int(layer) for layer in layers] if form == "maxsim" else []
+        self.vocab_size = vocab_size if form == "maxsim" else 0
+        if form == "maxsim":
+            k = num_features(self.layers)
+            self.register_buffer("feature_mean", torch.zeros(k))
+            self.register_buffer("feature_std", torch.ones(k))
+            self.register_buffer("idf", torch.zeros(vocab_size))
+            self.features_out = nn.Linear(k, hidden_size)
+            nn.init.zeros_(self.features_out.weight)
+            nn.init.zeros_(self.features_out.bias)
+            return
         self.norm_q = nn.LayerNorm(hidden_size)
         self.norm_d = nn.LayerNorm(hidden_size)
         self.in_q = nn.Linear(hidden_size, width)
@@ -133,13 +164,26 @@ class Predictor(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "hidden_size": self.hidden_size,
             "width": self.width,
             "depth": self.depth,
             "form": self.form,
             "dropout": self.dropout,
         }
+        if self.form == "maxsim":
+            config.update(layers=self.layers, vocab_size=self.vocab_size)
+        return config
+
+    @property
+    def uses_tokens(self) -> bool:
+        """Whether scoring needs token states and late-interaction features (maxsim form)."""
+        return self.form == "maxsim"
+
+    def fit_feature_scaling(self, features: torch.Tensor) -> None:
+        """Standardise the late-interaction features with the training pairs' mean and std."""
+        self.feature_mean.copy_(features.mean(0))
+        self.feature_std.copy_(features.std(0).nan_to_num(1.0).clamp(min=1e-6))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Predictor:
@@ -148,8 +192,17 @@ class Predictor(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, query: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
-        """query [B, H] or [1, H] (broadcast over documents), doc [B, H] -> prediction [B, H]."""
+    def forward(
+        self, query: torch.Tensor, doc: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """query [B, H] or [1, H] (broadcast over documents), doc [B, H], features [B, k]
+        (maxsim form only) -> prediction [B, H]."""
+        scale = query.pow(2).mean(-1, keepdim=True).sqrt()
+        if self.form == "maxsim":
+            if features is None:
+                raise ValueError("the maxsim predictor needs late-interaction features")
+            z = (features.to(query.dtype) - self.feature_mean) / self.feature_std
+            return query + scale * self.features_out(z)
         q, d = self.norm_q(query), self.norm_d(doc)
         if self.form == "mlp":
             h = F.gelu(self.in_q(q) + self.in_d(d) + self.in_qd(q * d))
@@ -157,7 +210,6 @@ class Predictor(nn.Module):
             gamma, beta = self.film(d).chunk(2, dim=-1)
             h = F.gelu(self.in_q(q)) * (1 + gamma) + beta
         h = self.blocks(F.dropout(h, self.dropout, self.training))
-        scale = query.pow(2).mean(-1, keepdim=True).sqrt()
         return query + scale * self.out(h)
 
 
@@ -240,9 +292,14 @@ def _length_batches(
 
 
 def _final_states(
-    model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, autocast_bf16: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pre-norm, post-norm) final states at every position, [B, T, H] each, fp32.
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    autocast_bf16: bool,
+    layers: Sequence[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+    """(pre-norm, post-norm) final states at every position, [B, T, H] each, fp32, and the
+    states of the decoder `layers` asked for (0 = the embeddings; BEFORE any norm).
 
     Position ids from the mask, as `reranker.answer_logits` computes them: the query state must
     be the very state the teacher computes for the same prompt.
@@ -253,12 +310,17 @@ def _final_states(
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     try:
         with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            post = decoder(
-                input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-            ).last_hidden_state
+            out = decoder(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=False,
+                output_hidden_states=bool(layers),
+            )
     finally:
         hook.remove()
-    return captured[0].float(), post.float()
+    states = {layer: out.hidden_states[layer] for layer in layers}
+    return captured[0].float(), out.last_hidden_state.float(), states
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -280,7 +342,7 @@ def encode_queries(
     out = torch.zeros(len(queries), hidden)
     rows = _tokenize(tokenizer, [builder.build_query_prompt(q) for q in queries])
     for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
-        pre, _ = _final_states(model, ids, mask, autocast_bf16)
+        pre, _, _ = _final_states(model, ids, mask, autocast_bf16)
         out[index] = pre[:, -1].cpu()
     return out
 
@@ -302,31 +364,71 @@ def encode_documents(
     prompt, role markers) is the same for every document and would only dilute the mean.
     pooling="last": the last token's state (a causal LM's summary of everything before it).
     """
+    pooled, _ = encode_document_tokens(
+        model, tokenizer, builder, documents, (), batch_size, pooling, autocast_bf16
+    )
+    return pooled
+
+
+@torch.inference_mode()
+def encode_document_tokens(
+    model: nn.Module,
+    tokenizer,
+    builder: PromptBuilder,
+    documents: Sequence[str],
+    layers: Sequence[int],
+    batch_size: int = 16,
+    pooling: str = "mean",
+    autocast_bf16: bool = False,
+) -> tuple[torch.Tensor, TokenStates]:
+    """`encode_documents`' pooled [N, H] plus the token states of the same forward pass: the
+    document's own tokens (after the chat prefix) at each decoder layer of `layers` (> 0 stored;
+    layer 0 is looked up from the ids when scoring). See `late_interaction`."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     out = torch.zeros(len(documents), model.config.hidden_size)
+    stored = [layer for layer in layers if layer > 0]
+    token_ids: list[list[int]] = [[] for _ in documents]
+    token_states: dict[int, list[torch.Tensor]] = {
+        layer: [torch.zeros(0)] * len(documents) for layer in stored
+    }
     rows = _tokenize(tokenizer, [builder.build_document_prompt(d) for d in documents])
     prefix_ids = _tokenize(tokenizer, [builder.chat_prefix])[0]
     # Skip the prefix only where it tokenised as a token prefix of the row (BPE could merge across
     # the boundary); otherwise pool over the whole row rather than guess.
     skip = [len(prefix_ids) if list(r[: len(prefix_ids)]) == prefix_ids else 0 for r in rows]
     for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
-        _, post = _final_states(model, ids, mask, autocast_bf16)
-        if pooling == "last":
-            out[index] = post[:, -1].cpu()
-            continue
+        _, post, states = _final_states(model, ids, mask, autocast_bf16, stored)
         position = mask.cumsum(-1) - 1  # index within the row's real tokens; -1 on padding
         first = torch.as_tensor([skip[i] for i in index], device=ids.device)[:, None]
         keep = (mask.bool() & (position >= first)).float()
         keep[keep.sum(-1) == 0] = mask[keep.sum(-1) == 0].float()  # a document with no tokens
+        for j, i in enumerate(index):
+            columns = keep[j].bool()
+            token_ids[i] = ids[j, columns].tolist()
+            for layer in stored:
+                token_states[layer][i] = states[layer][j, columns].float().cpu()
+        if pooling == "last":
+            out[index] = post[:, -1].cpu()
+            continue
         pooled = (post * keep[..., None]).sum(1) / keep.sum(-1, keepdim=True)
         out[index] = pooled.cpu()
-    return out
+    return out, TokenStates.from_rows(token_ids, token_states)
 
 
 # --------------------------------------------------------------------------------------------
 # The retriever
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryEncoding:
+    """What scoring needs from one query: its answer-position state (query prompt) and, for the
+    maxsim form, its token states and pooled vector through the document prompt."""
+
+    state: torch.Tensor  # [H] pre-norm
+    tokens: TokenStates | None = None
+    pooled: torch.Tensor | None = None  # [H]
 
 
 class Rabtriever:
@@ -364,12 +466,17 @@ class Rabtriever:
         self.predictor = (predictor or Predictor(hidden)).to(self.device).eval()
         if self.predictor.hidden_size != hidden:
             raise ValueError(f"predictor hidden {self.predictor.hidden_size} != model {hidden}")
+        depth = model.config.num_hidden_layers
+        too_deep = [layer for layer in self.predictor.layers if layer > depth]
+        if too_deep:
+            raise ValueError(f"maxsim layers {too_deep} exceed the model's {depth} layers")
         self.scorer = RabtrieverScorer.from_model(self.model, self.answer_tokens)
         self.bf16 = bf16 and bf16_available(self.device)
         if bf16 and not self.bf16:
             log.warning("bf16 asked for, but %s lacks native bf16; using fp32", self.device)
         self.doc_ids: list[str] = []
         self.doc_embeddings = torch.zeros(0, hidden)
+        self.doc_tokens: TokenStates | None = None
         self._row: dict[str, int] = {}
 
     @classmethod
@@ -397,12 +504,97 @@ class Rabtriever:
             self.model, self.tokenizer, self.prompts, documents, batch_size, self.pooling, self.bf16
         )
 
+    @property
+    def token_layers(self) -> list[int]:
+        """Decoder layers whose token states the predictor compares (empty: pooled only)."""
+        return self.predictor.layers if self.predictor.uses_tokens else []
+
+    def encode_corpus(
+        self, documents: Sequence[str], batch_size: int = 16
+    ) -> tuple[torch.Tensor, TokenStates | None]:
+        """Pooled embeddings [N, H], plus token states when the predictor reads them."""
+        if not self.token_layers:
+            return self.encode_documents(documents, batch_size), None
+        return encode_document_tokens(
+            self.model, self.tokenizer, self.prompts, documents, self.token_layers, batch_size,
+            self.pooling, self.bf16,
+        )  # fmt: skip
+
+    def encode_query(self, query: str) -> QueryEncoding:
+        """One query, as `rerank` and `search` need it (two short LLM passes for maxsim: the
+        query prompt for the state, the document prompt for the token states)."""
+        state = self.encode_queries([query])[0]
+        if not self.token_layers:
+            return QueryEncoding(state)
+        pooled, tokens = self.encode_corpus([query])
+        return QueryEncoding(state, tokens, pooled[0])
+
+    def document_token_ids(self, documents: Sequence[str]) -> list[list[int]]:
+        """The token ids `encode_document_tokens` keeps per document (no LLM pass): what the
+        IDF table is fitted on."""
+        rows = _tokenize(self.tokenizer, [self.prompts.build_document_prompt(d) for d in documents])
+        prefix = _tokenize(self.tokenizer, [self.prompts.chat_prefix])[0]
+        return [r[len(prefix) :] if list(r[: len(prefix)]) == prefix else r for r in rows]
+
+    def fit_idf(self, documents: Sequence[str]) -> None:
+        """Fit the maxsim predictor's IDF table on these documents (the corpus to be indexed)."""
+        if not self.predictor.uses_tokens:
+            raise ValueError(f"the {self.predictor.form} predictor uses no IDF table")
+        vocab = self.predictor.vocab_size
+        self.predictor.idf.copy_(fit_idf(self.document_token_ids(documents), vocab))
+
+    def features(
+        self,
+        query_tokens: TokenStates | None,
+        query_pooled: torch.Tensor | None,
+        doc_embs: torch.Tensor,
+        doc_tokens: TokenStates | None,
+    ) -> torch.Tensor | None:
+        """[N, k] late-interaction features of one query (token states with one row, pooled [H])
+        against these documents; None when the predictor reads no token states."""
+        if not self.token_layers:
+            return None
+        if query_tokens is None or query_pooled is None or doc_tokens is None:
+            raise ValueError("the maxsim predictor needs the query's and documents' token states")
+        return maxsim_features(
+            query_tokens, doc_tokens, query_pooled, doc_embs, self.predictor.idf.cpu(),
+            self.token_layers, self.model.get_input_embeddings(),
+        )  # fmt: skip
+
+    def pair_features(
+        self,
+        queries: Sequence[str],
+        doc_embs: torch.Tensor,
+        doc_tokens: TokenStates | None,
+        query_index: torch.Tensor,
+        doc_index: torch.Tensor,
+        batch_size: int = 16,
+    ) -> torch.Tensor | None:
+        """[P, k] features of the pairs (queries[query_index[p]], document row doc_index[p]),
+        each query encoded once; None when the predictor reads no token states."""
+        if not self.token_layers:
+            return None
+        pooled, tokens = self.encode_corpus(queries, batch_size)
+        out = torch.zeros(len(query_index), num_features(self.token_layers))
+        for q in query_index.unique().tolist():
+            rows = (query_index == q).nonzero().squeeze(1)
+            docs = doc_index[rows]
+            out[rows] = self.features(
+                tokens.select([q]), pooled[q], doc_embs[docs], doc_tokens.select(docs)
+            )
+        return out
+
     def index_corpus(self, corpus: Mapping[str, str], batch_size: int = 16) -> None:
         """Encode and store every document (doc id -> text); replaces any previous index."""
         ids = list(corpus)
-        self.set_index(ids, self.encode_documents([corpus[i] for i in ids], batch_size))
+        self.set_index(ids, *self.encode_corpus([corpus[i] for i in ids], batch_size))
 
-    def set_index(self, doc_ids: Sequence[str], embeddings: torch.Tensor | np.ndarray) -> None:
+    def set_index(
+        self,
+        doc_ids: Sequence[str],
+        embeddings: torch.Tensor | np.ndarray,
+        tokens: TokenStates | None = None,
+    ) -> None:
         embeddings = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
         if embeddings.shape != (len(doc_ids), self.predictor.hidden_size):
             raise ValueError(
@@ -411,22 +603,47 @@ class Rabtriever:
             )
         if len(set(doc_ids)) != len(doc_ids):
             raise ValueError("duplicate document ids in the index")
+        if self.token_layers:
+            if tokens is None or len(tokens) != len(doc_ids):
+                raise ValueError(
+                    f"the {self.predictor.form} predictor needs token states for every document"
+                )
+            missing = {layer for layer in self.token_layers if layer > 0} - set(tokens.states)
+            if missing:
+                raise ValueError(f"the index has no token states of layers {sorted(missing)}")
         self.doc_ids = list(doc_ids)
         self.doc_embeddings = embeddings
+        self.doc_tokens = tokens if self.token_layers else None
         self._row = {d: i for i, d in enumerate(self.doc_ids)}
 
     # -- scoring ----------------------------------------------------------------------------
 
     @torch.inference_mode()
     def score(
-        self, query_emb: torch.Tensor, doc_embs: torch.Tensor, batch_size: int = 4096
+        self,
+        query: QueryEncoding | torch.Tensor,
+        rows: Sequence[int] | torch.Tensor | None = None,
+        batch_size: int = 4096,
     ) -> torch.Tensor:
-        """[H] query state, [N, H] document embeddings -> [N] scores (CPU, fp32)."""
-        query = query_emb.reshape(1, -1).to(self.device, torch.float32)
-        scores = torch.empty(len(doc_embs))
-        for start in range(0, len(doc_embs), batch_size):
-            docs = doc_embs[start : start + batch_size].to(self.device, torch.float32)
-            scores[start : start + len(docs)] = self.scorer.score(self.predictor(query, docs)).cpu()
+        """Scores (CPU, fp32) of the indexed documents at `rows` (None: all) for one query
+        (a `QueryEncoding`, or its [H] state for a predictor that reads no token states)."""
+        if not isinstance(query, QueryEncoding):
+            query = QueryEncoding(query)
+        if rows is None:
+            embs, tokens = self.doc_embeddings, self.doc_tokens
+        else:
+            rows = torch.as_tensor(rows, dtype=torch.long)
+            embs = self.doc_embeddings[rows]
+            tokens = None if self.doc_tokens is None else self.doc_tokens.select(rows)
+        features = self.features(query.tokens, query.pooled, embs, tokens)
+        state = query.state.reshape(1, -1).to(self.device, torch.float32)
+        scores = torch.empty(len(embs))
+        for start in range(0, len(embs), batch_size):
+            part = slice(start, start + batch_size)
+            docs = embs[part].to(self.device, torch.float32)
+            feats = None if features is None else features[part].to(self.device)
+            pred = self.predictor(state, docs, feats)
+            scores[part] = self.scorer.score(pred).cpu()
         return scores
 
     def rerank(
@@ -438,9 +655,8 @@ class Rabtriever:
         missing = [d for d in candidate_ids if d not in self._row]
         if missing:
             raise KeyError(f"{len(missing)} candidates are not in the index, e.g. {missing[:3]}")
-        rows = torch.as_tensor([self._row[d] for d in candidate_ids])
-        query = self.encode_queries([query_text])[0]
-        scores = self.score(query, self.doc_embeddings[rows], batch_size)
+        rows = [self._row[d] for d in candidate_ids]
+        scores = self.score(self.encode_query(query_text), rows, batch_size)
         ranked = [(d, float(s)) for d, s in zip(candidate_ids, scores, strict=True)]
         return sorted(ranked, key=lambda pair: (-pair[1], pair[0]))
 
@@ -454,8 +670,7 @@ class Rabtriever:
         """
         if not self.doc_ids:
             raise RuntimeError("no document index: call index_corpus, set_index or load_index")
-        query = self.encode_queries([query_text])[0]
-        scores = self.score(query, self.doc_embeddings, batch_size)
+        scores = self.score(self.encode_query(query_text), None, batch_size)
         top = torch.topk(scores, min(k, len(scores))).indices.tolist()
         ranked = [(self.doc_ids[i], float(scores[i])) for i in top]
         return sorted(ranked, key=lambda pair: (-pair[1], pair[0]))
@@ -494,6 +709,7 @@ class Rabtriever:
             "max_doc_tokens": self.max_doc_tokens,
             "template_fingerprint": self.template.fingerprint(),
             "hidden_size": self.predictor.hidden_size,
+            "token_layers": [layer for layer in self.token_layers if layer > 0],
             "count": len(self.doc_ids),
         }
 
@@ -519,6 +735,8 @@ class Rabtriever:
         np.save(folder / EMBEDDINGS_FILE, self.doc_embeddings.numpy().astype(np.float32))
         (folder / DOC_IDS_FILE).write_text(json.dumps(self.doc_ids))
         (folder / INDEX_META_FILE).write_text(json.dumps(self.index_meta(), indent=2))
+        if self.doc_tokens is not None:
+            self.doc_tokens.save(folder)
 
     def load_index(self, path: str | Path) -> None:
         path = Path(path)
@@ -530,8 +748,15 @@ class Rabtriever:
                     f"document index {path} was encoded with {key}={meta.get(key)!r}, this "
                     f"model uses {expected[key]!r}: re-encode the corpus"
                 )
+        missing = set(expected["token_layers"]) - set(meta.get("token_layers", []))
+        if missing:
+            raise ValueError(
+                f"document index {path} holds no token states of layers {sorted(missing)}, "
+                f"which this predictor reads: re-encode the corpus"
+            )
         embeddings = np.load(path / EMBEDDINGS_FILE, allow_pickle=False)
-        self.set_index(json.loads((path / DOC_IDS_FILE).read_text()), embeddings)
+        tokens = TokenStates.load(path) if self.token_layers else None
+        self.set_index(json.loads((path / DOC_IDS_FILE).read_text()), embeddings, tokens)
 
     @classmethod
     def load(
@@ -587,8 +812,10 @@ class Rabtriever:
 
 __all__ = [
     "Predictor",
+    "QueryEncoding",
     "Rabtriever",
     "RabtrieverScorer",
+    "encode_document_tokens",
     "encode_documents",
     "encode_queries",
     "final_norm",

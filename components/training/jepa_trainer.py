@@ -5,7 +5,9 @@ Training never runs the LLM. Every input is cached once (`build_training_data` d
 - doc embeddings    [D, H]: `encode_documents` (post-norm pooled states, document prompt);
 - per teacher-scored (query, doc) pair: the teacher's answer-position state with the document in
   the prompt (`PairStates.hidden`, AFTER the final norm) and its logits there, either the full
-  vocabulary [P, V] or the top-k (`PairStates.topk_ids` / `topk_logits`, [P, k]).
+  vocabulary [P, V] or the top-k (`PairStates.topk_ids` / `topk_logits`, [P, k]);
+- for the maxsim predictor, per pair its late-interaction features [P, k] (MaxSim of the two
+  texts' token states; `components/models/late_interaction.py`), which hold no trainable part.
 
 Each epoch the student scores every training query's candidate pool (the pairs the teacher
 scored) with its current predictor and keeps its own top-m: on-policy, so training spends its
@@ -89,6 +91,10 @@ class JepaTrainingData:
     pairs: TeacherPairs
     query_ids: Sequence[str] | None = None  # names for the sampling record; default: row numbers
     doc_ids: Sequence[str] | None = None
+    features: torch.Tensor | None = None  # [P, k] late-interaction features (maxsim predictor)
+
+    def pair_features(self, rows: torch.Tensor) -> torch.Tensor | None:
+        return None if self.features is None else self.features[rows]
 
 
 @dataclass
@@ -163,14 +169,21 @@ def build_training_data(
     states = teacher.forward_pair_states(
         [(corpus[d], queries[q]) for q, d in pairs], batch_size=batch_size, top_k=top_k
     )
+    doc_embs, doc_tokens = retriever.encode_corpus([corpus[d] for d in docids], batch_size)
+    teacher_pairs = TeacherPairs.from_pair_states(
+        [q_row[q] for q, _ in pairs], [d_row[d] for _, d in pairs], states
+    )
+    query_texts = [queries[q] for q in qids]
     return JepaTrainingData(
-        query_embs=retriever.encode_queries([queries[q] for q in qids], batch_size),
-        doc_embs=retriever.encode_documents([corpus[d] for d in docids], batch_size),
-        pairs=TeacherPairs.from_pair_states(
-            [q_row[q] for q, _ in pairs], [d_row[d] for _, d in pairs], states
-        ),
+        query_embs=retriever.encode_queries(query_texts, batch_size),
+        doc_embs=doc_embs,
+        pairs=teacher_pairs,
         query_ids=qids,
         doc_ids=docids,
+        features=retriever.pair_features(
+            query_texts, doc_embs, doc_tokens, teacher_pairs.query_index,
+            teacher_pairs.doc_index, batch_size,
+        ),  # fmt: skip
     )
 
 
@@ -187,7 +200,8 @@ def student_scores(
         rows = slice(start, start + batch_size)
         q = data.query_embs[pairs.query_index[rows]].to(device)
         d = data.doc_embs[pairs.doc_index[rows]].to(device)
-        out[rows] = scorer.score(predictor(q, d)).cpu()
+        f = data.pair_features(torch.arange(len(out))[rows])
+        out[rows] = scorer.score(predictor(q, d, None if f is None else f.to(device))).cpu()
     predictor.train(was_training)
     return out
 
@@ -240,9 +254,11 @@ def _step_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     device = next(predictor.parameters()).device
     pairs = data.pairs
+    features = data.pair_features(rows)
     pred = predictor(
         data.query_embs[pairs.query_index[rows]].to(device),
         data.doc_embs[pairs.doc_index[rows]].to(device),
+        None if features is None else features.to(device),
     )
     jepa = jepa_loss(
         scorer.normalize(pred),
@@ -284,6 +300,10 @@ def train_predictor(
     )
     history: list[EpochStats] = []
     step, start_epoch = 0, 0
+    if predictor.uses_tokens:  # a resumed run then loads the same statistics with the weights
+        if data.features is None:
+            raise ValueError("the maxsim predictor trains on pair features: none were given")
+        predictor.fit_feature_scaling(data.features)
     if checkpoint_dir is not None and (Path(checkpoint_dir) / STATE_FILE).exists():
         start_epoch, step, history = _resume(Path(checkpoint_dir), predictor, optimizer, params)
         log.info("resumed from %s after epoch %d (step %d)", checkpoint_dir, start_epoch, step)

@@ -1,0 +1,187 @@
+"""Late interaction between the token states of a query and of a document, each encoded alone.
+
+Rabtriever's `maxsim` predictor reads the document latent as a set of token states (ColBERT's
+multi-vector representation) next to the pooled vector, and conditions the query on a few
+statistics of the two token sets. For each layer L of `layers`:
+
+    MaxSim_L(q, d)     = 1/|q| * sum_i max_j cos(q_i^L, d_j^L)
+    MaxSim_L^idf(q, d) = sum_i idf(t_i) * max_j cos(q_i^L, d_j^L) / sum_i idf(t_i)
+    idf(t)             = ln((N + 1) / (df(t) + 0.5))     (df over the N documents it was fit on)
+
+plus the cosine of the two pooled vectors. q_i^L is the state of the query's i-th token at
+decoder layer L when the query is encoded through the document prompt (the same context the
+document tokens had), t_i its token id. Layer 0 is the token embedding: nothing is stored for
+it, the states are looked up from the token ids.
+
+Why: a probe of the frozen teacher (docs/benchmarks.md, "What the frozen teacher's states hold")
+found that token-by-token comparison of lower-layer states orders candidates far better than any
+single pooled vector, and a predictor trained on pooled vectors alone could not learn that from a
+few hundred teacher pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TOKEN_IDS_FILE = "doc_token_ids.npy"
+TOKEN_META_FILE = "doc_tokens.json"
+
+
+def states_file(layer: int) -> str:
+    return f"doc_token_states_L{layer}.npy"
+
+
+def num_features(layers: Sequence[int]) -> int:
+    """MaxSim and IDF-weighted MaxSim per layer, plus the pooled cosine."""
+    return 2 * len(layers) + 1
+
+
+@dataclass
+class TokenStates:
+    """Token ids and unit-norm token states of N texts, right-padded to one width T.
+
+    token_ids [N, T] long, -1 on padding; states: layer (> 0) -> [N, T, H] fp16, 0 on padding.
+    """
+
+    token_ids: torch.Tensor
+    states: dict[int, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.token_ids >= 0
+
+    @classmethod
+    def from_rows(
+        cls, token_ids: Sequence[Sequence[int]], states: dict[int, Sequence[torch.Tensor]]
+    ) -> TokenStates:
+        """From per-text lists (ids [T_i], states [T_i, H]); normalises and pads."""
+        width = max((len(row) for row in token_ids), default=0)
+        ids = torch.full((len(token_ids), width), -1, dtype=torch.long)
+        for i, row in enumerate(token_ids):
+            ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        padded = {}
+        for layer, rows in states.items():
+            hidden = rows[0].shape[-1] if rows else 0
+            out = torch.zeros(len(rows), width, hidden, dtype=torch.float16)
+            for i, row in enumerate(rows):
+                out[i, : len(row)] = F.normalize(row.float(), dim=-1).to(torch.float16)
+            padded[layer] = out
+        return cls(ids, padded)
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> TokenStates:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return TokenStates(self.token_ids[rows], {k: v[rows] for k, v in self.states.items()})
+
+    @classmethod
+    def concat(cls, parts: Sequence[TokenStates]) -> TokenStates:
+        width = max(p.token_ids.shape[1] for p in parts)
+
+        def pad(t: torch.Tensor, value) -> torch.Tensor:
+            extra = width - t.shape[1]
+            return F.pad(t, (0, 0, 0, extra) if t.dim() == 3 else (0, extra), value=value)
+
+        layers = parts[0].states.keys()
+        return cls(
+            torch.cat([pad(p.token_ids, -1) for p in parts]),
+            {k: torch.cat([pad(p.states[k], 0.0) for p in parts]) for k in layers},
+        )
+
+    def save(self, folder: Path) -> None:
+        np.save(folder / TOKEN_IDS_FILE, self.token_ids.numpy().astype(np.int32))
+        for layer, states in self.states.items():
+            np.save(folder / states_file(layer), states.numpy())
+        (folder / TOKEN_META_FILE).write_text(json.dumps({"layers": sorted(self.states)}))
+
+    @classmethod
+    def load(cls, folder: Path) -> TokenStates:
+        layers = json.loads((folder / TOKEN_META_FILE).read_text())["layers"]
+        ids = torch.from_numpy(np.load(folder / TOKEN_IDS_FILE).astype(np.int64))
+        states = {int(k): torch.from_numpy(np.load(folder / states_file(k))) for k in layers}
+        return cls(ids, states)
+
+    @staticmethod
+    def exists(folder: Path) -> bool:
+        return (folder / TOKEN_META_FILE).exists()
+
+
+def fit_idf(token_ids: Iterable[Sequence[int]], vocab_size: int) -> torch.Tensor:
+    """[V] idf(t) = ln((N + 1) / (df(t) + 0.5)) over the given documents' token ids."""
+    df: Counter[int] = Counter()
+    n = 0
+    for row in token_ids:
+        df.update({int(t) for t in row if int(t) >= 0})
+        n += 1
+    idf = torch.full((vocab_size,), math.log((n + 1) / 0.5))
+    for token, count in df.items():
+        idf[token] = math.log((n + 1) / (count + 0.5))
+    return idf
+
+
+def _layer_states(tokens: TokenStates, layer: int, embedding: nn.Embedding) -> torch.Tensor:
+    """[N, T, H] fp32 unit-norm states at `layer` (layer 0: looked up from the embedding), on
+    the embedding's device."""
+    device = embedding.weight.device
+    if layer == 0:
+        states = F.normalize(embedding(tokens.token_ids.clamp(min=0).to(device)).float(), dim=-1)
+        return states * tokens.mask[..., None].to(device)
+    return tokens.states[layer].to(device).float()
+
+
+@torch.no_grad()
+def maxsim_features(
+    query: TokenStates,
+    docs: TokenStates,
+    query_pooled: torch.Tensor,
+    doc_pooled: torch.Tensor,
+    idf: torch.Tensor,
+    layers: Sequence[int],
+    embedding: nn.Embedding,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """[N, 2 * len(layers) + 1] features of one query (`query` has one row) against N docs.
+
+    Column order: per layer MaxSim, MaxSim^idf; then the pooled cosine (see the module
+    docstring). Documents are processed `chunk` at a time to bound memory in a corpus scan.
+    """
+    if len(query) != 1:
+        raise ValueError(f"one query at a time, got {len(query)}")
+    out = torch.zeros(len(docs), num_features(layers))
+    keep = query.mask[0]
+    if not keep.any():  # an empty query matches nothing
+        return out
+    device = embedding.weight.device
+    ids = query.token_ids[0, keep]
+    weights = idf.to(device, torch.float32)[ids.clamp(min=0).to(device)].clamp(min=0)
+    weights = weights / weights.sum().clamp(min=1e-9)
+    q_keep = keep.to(device)
+    q_states = {layer: _layer_states(query, layer, embedding)[0, q_keep] for layer in layers}
+    query_pooled, doc_pooled = query_pooled.to(device), doc_pooled.to(device)
+    for start in range(0, len(docs), chunk):
+        part = docs.select(range(start, min(start + chunk, len(docs))))
+        mask = part.mask.to(device)
+        columns = []
+        for layer in layers:
+            d_states = _layer_states(part, layer, embedding)
+            sim = torch.einsum("qh,nth->nqt", q_states[layer], d_states)
+            best = sim.masked_fill(~mask[:, None, :], -2.0).max(-1).values  # [n, |q|]
+            columns += [best.mean(-1), best @ weights]
+        part_pooled = doc_pooled[start : start + len(part)]
+        cosine = F.cosine_similarity(query_pooled.reshape(1, -1), part_pooled)
+        out[start : start + len(part)] = torch.stack([*columns, cosine], dim=-1).float().cpu()
+    return out
+
+
+__all__ = ["TokenStates", "fit_idf", "maxsim_features", "num_features", "states_file"]
