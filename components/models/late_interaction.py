@@ -130,14 +130,37 @@ def fit_idf(token_ids: Iterable[Sequence[int]], vocab_size: int) -> torch.Tensor
     return idf
 
 
-def _layer_states(tokens: TokenStates, layer: int, embedding: nn.Embedding) -> torch.Tensor:
-    """[N, T, H] fp32 unit-norm states at `layer` (layer 0: looked up from the embedding), on
-    the embedding's device."""
+def _unit_embeddings(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """Unit-norm input embeddings of `ids` (any shape) on the embedding's device, fp32."""
+    return F.normalize(embedding(ids.clamp(min=0).to(embedding.weight.device)).float(), dim=-1)
+
+
+def _best_matches(
+    query: TokenStates,
+    q_keep: torch.Tensor,
+    docs: TokenStates,
+    layer: int,
+    embedding: nn.Embedding,
+    vocab_sim: torch.Tensor | None,
+) -> torch.Tensor:
+    """[n, |q|]: each query token's best cosine over each document's tokens at `layer`.
+
+    Layer 0 with `vocab_sim` ([|q|, V] cosines of the query tokens to the whole vocabulary):
+    a gather, instead of looking up and normalising an embedding per document token.
+    """
     device = embedding.weight.device
+    mask = docs.mask.to(device)
     if layer == 0:
-        states = F.normalize(embedding(tokens.token_ids.clamp(min=0).to(device)).float(), dim=-1)
-        return states * tokens.mask[..., None].to(device)
-    return tokens.states[layer].to(device).float()
+        doc_ids = docs.token_ids.clamp(min=0).to(device)
+        if vocab_sim is not None:
+            sim = vocab_sim[:, doc_ids].permute(1, 0, 2)  # [n, |q|, T]
+        else:
+            q_states = _unit_embeddings(embedding, query.token_ids[0, q_keep])
+            sim = torch.einsum("qh,nth->nqt", q_states, _unit_embeddings(embedding, doc_ids))
+    else:
+        q_states = query.states[layer][0, q_keep].to(device).float()
+        sim = torch.einsum("qh,nth->nqt", q_states, docs.states[layer].to(device).float())
+    return sim.masked_fill(~mask[:, None, :], -2.0).max(-1).values
 
 
 @torch.no_grad()
@@ -159,24 +182,23 @@ def maxsim_features(
     if len(query) != 1:
         raise ValueError(f"one query at a time, got {len(query)}")
     out = torch.zeros(len(docs), num_features(layers))
-    keep = query.mask[0]
-    if not keep.any():  # an empty query matches nothing
+    q_keep = query.mask[0]
+    if not q_keep.any():  # an empty query matches nothing
         return out
     device = embedding.weight.device
-    ids = query.token_ids[0, keep]
-    weights = idf.to(device, torch.float32)[ids.clamp(min=0).to(device)].clamp(min=0)
+    ids = query.token_ids[0, q_keep].to(device)
+    weights = idf.to(device, torch.float32)[ids].clamp(min=0)
     weights = weights / weights.sum().clamp(min=1e-9)
-    q_keep = keep.to(device)
-    q_states = {layer: _layer_states(query, layer, embedding)[0, q_keep] for layer in layers}
     query_pooled, doc_pooled = query_pooled.to(device), doc_pooled.to(device)
+    vocab_sim = None
+    if 0 in layers and docs.token_ids.numel() > embedding.num_embeddings:  # a corpus scan
+        vocab = F.normalize(embedding.weight.float(), dim=-1)
+        vocab_sim = _unit_embeddings(embedding, query.token_ids[0, q_keep]) @ vocab.T
     for start in range(0, len(docs), chunk):
         part = docs.select(range(start, min(start + chunk, len(docs))))
-        mask = part.mask.to(device)
         columns = []
         for layer in layers:
-            d_states = _layer_states(part, layer, embedding)
-            sim = torch.einsum("qh,nth->nqt", q_states[layer], d_states)
-            best = sim.masked_fill(~mask[:, None, :], -2.0).max(-1).values  # [n, |q|]
+            best = _best_matches(query, q_keep, part, layer, embedding, vocab_sim)  # [n, |q|]
             columns += [best.mean(-1), best @ weights]
         part_pooled = doc_pooled[start : start + len(part)]
         cosine = F.cosine_similarity(query_pooled.reshape(1, -1), part_pooled)

@@ -370,6 +370,67 @@ def encode_documents(
     return pooled
 
 
+def _prefix_lengths(tokenizer, builder: PromptBuilder, rows: Sequence[Sequence[int]]) -> list[int]:
+    """Chat-prefix tokens to skip per document-prompt row. Skipped only where the prefix
+    tokenised as a token prefix of the row (BPE could merge across the boundary); otherwise the
+    whole row counts rather than a guess."""
+    prefix_ids = _tokenize(tokenizer, [builder.chat_prefix])[0]
+    return [len(prefix_ids) if list(r[: len(prefix_ids)]) == prefix_ids else 0 for r in rows]
+
+
+def _document_outputs(
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    post: torch.Tensor,
+    states: Mapping[int, torch.Tensor],
+    skip: Sequence[int],
+    pooling: str,
+) -> tuple[torch.Tensor, list[list[int]], dict[int, list[torch.Tensor]]]:
+    """From a left-padded batch of document prompts: pooled post-norm states [B, H] (CPU) and,
+    per row, the ids and `states` of the document's own tokens (after the chat prefix)."""
+    position = mask.cumsum(-1) - 1  # index within the row's real tokens; -1 on padding
+    first = torch.as_tensor(skip, device=ids.device)[:, None]
+    keep = (mask.bool() & (position >= first)).float()
+    keep[keep.sum(-1) == 0] = mask[keep.sum(-1) == 0].float()  # a document with no tokens
+    kept = [keep[j].bool() for j in range(len(ids))]
+    token_ids = [ids[j, kept[j]].tolist() for j in range(len(ids))]
+    token_states = {
+        layer: [h[j, kept[j]].float().cpu() for j in range(len(ids))] for layer, h in states.items()
+    }
+    if pooling == "last":
+        pooled = post[:, -1]
+    else:
+        pooled = (post * keep[..., None]).sum(1) / keep.sum(-1, keepdim=True)
+    return pooled.cpu(), token_ids, token_states
+
+
+@torch.inference_mode()
+def encode_query_with_tokens(
+    model: nn.Module,
+    tokenizer,
+    builder: PromptBuilder,
+    query: str,
+    layers: Sequence[int],
+    pooling: str = "mean",
+    autocast_bf16: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, TokenStates]:
+    """One query for the maxsim predictor, both prompts in ONE batched forward pass: its
+    `build_query_prompt` answer state [H] (pre-norm, as `encode_queries`) and its
+    `build_document_prompt` pooled vector [H] and token states (as `encode_document_tokens`)."""
+    stored = [layer for layer in layers if layer > 0]
+    prompts = [builder.build_query_prompt(query), builder.build_document_prompt(query)]
+    rows = _tokenize(tokenizer, prompts)
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    device = _device(model)
+    ids, mask = ids.to(device), mask.to(device)
+    pre, post, states = _final_states(model, ids, mask, autocast_bf16, stored)
+    pooled, kept_ids, kept_states = _document_outputs(
+        ids[1:], mask[1:], post[1:], {k: v[1:] for k, v in states.items()},
+        _prefix_lengths(tokenizer, builder, rows[1:]), pooling,
+    )  # fmt: skip
+    return pre[0, -1].cpu(), pooled[0], TokenStates.from_rows(kept_ids, kept_states)
+
+
 @torch.inference_mode()
 def encode_document_tokens(
     model: nn.Module,
@@ -393,26 +454,17 @@ def encode_document_tokens(
         layer: [torch.zeros(0)] * len(documents) for layer in stored
     }
     rows = _tokenize(tokenizer, [builder.build_document_prompt(d) for d in documents])
-    prefix_ids = _tokenize(tokenizer, [builder.chat_prefix])[0]
-    # Skip the prefix only where it tokenised as a token prefix of the row (BPE could merge across
-    # the boundary); otherwise pool over the whole row rather than guess.
-    skip = [len(prefix_ids) if list(r[: len(prefix_ids)]) == prefix_ids else 0 for r in rows]
+    skip = _prefix_lengths(tokenizer, builder, rows)
     for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
         _, post, states = _final_states(model, ids, mask, autocast_bf16, stored)
-        position = mask.cumsum(-1) - 1  # index within the row's real tokens; -1 on padding
-        first = torch.as_tensor([skip[i] for i in index], device=ids.device)[:, None]
-        keep = (mask.bool() & (position >= first)).float()
-        keep[keep.sum(-1) == 0] = mask[keep.sum(-1) == 0].float()  # a document with no tokens
+        pooled, kept_ids, kept_states = _document_outputs(
+            ids, mask, post, states, [skip[i] for i in index], pooling
+        )
+        out[index] = pooled
         for j, i in enumerate(index):
-            columns = keep[j].bool()
-            token_ids[i] = ids[j, columns].tolist()
+            token_ids[i] = kept_ids[j]
             for layer in stored:
-                token_states[layer][i] = states[layer][j, columns].float().cpu()
-        if pooling == "last":
-            out[index] = post[:, -1].cpu()
-            continue
-        pooled = (post * keep[..., None]).sum(1) / keep.sum(-1, keepdim=True)
-        out[index] = pooled.cpu()
+                token_states[layer][i] = kept_states[layer][j]
     return out, TokenStates.from_rows(token_ids, token_states)
 
 
@@ -521,13 +573,15 @@ class Rabtriever:
         )  # fmt: skip
 
     def encode_query(self, query: str) -> QueryEncoding:
-        """One query, as `rerank` and `search` need it (two short LLM passes for maxsim: the
-        query prompt for the state, the document prompt for the token states)."""
-        state = self.encode_queries([query])[0]
+        """One query, as `rerank` and `search` need it (maxsim: the query prompt for the state
+        and the document prompt for the token states, batched in one LLM pass)."""
         if not self.token_layers:
-            return QueryEncoding(state)
-        pooled, tokens = self.encode_corpus([query])
-        return QueryEncoding(state, tokens, pooled[0])
+            return QueryEncoding(self.encode_queries([query])[0])
+        state, pooled, tokens = encode_query_with_tokens(
+            self.model, self.tokenizer, self.prompts, query, self.token_layers, self.pooling,
+            self.bf16,
+        )  # fmt: skip
+        return QueryEncoding(state, tokens, pooled)
 
     def document_token_ids(self, documents: Sequence[str]) -> list[list[int]]:
         """The token ids `encode_document_tokens` keeps per document (no LLM pass): what the
