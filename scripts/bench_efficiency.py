@@ -9,8 +9,10 @@ and `--depth` K candidates per query, on real SciFact test queries, one query at
 
 - teacher (online): one forward over K prompts of document + query (cost grows with L, and
   attention quadratically),
-- Rabtriever (online): one forward over the query alone + predictor passes over the K
-  precomputed document embeddings (independent of L),
+- Rabtriever (online): one forward over the query alone (both of its prompts, batched) +
+  predictor passes over the K precomputed document embeddings; with the maxsim predictor also
+  the MaxSim of the query's token states against the documents' stored ones (linear in L, no
+  LLM work),
 - Rabtriever (offline): encoding the K documents alone, once per corpus, reported per
   document.
 
@@ -70,13 +72,13 @@ def measure(teacher, student, corpus_texts, queries, length: int, depth: int) ->
     """Median latencies at one document length (see the module docstring)."""
     docs = documents_of_length(student.tokenizer, corpus_texts, length, depth)
     ids = [f"d{i}" for i in range(len(docs))]
-    student.set_index(ids, student.encode_documents(docs))
+    student.set_index(ids, *student.encode_corpus(docs))
     teacher_s = statistics.median(
         median_seconds(lambda q=q: teacher.score_pairs([(d, q) for d in docs], depth), 1)
         for q in queries)
     student_s = statistics.median(
         median_seconds(lambda q=q: student.rerank(q, ids), 3) for q in queries)
-    encode_s = median_seconds(lambda: student.encode_documents(docs), 1) / len(docs)
+    encode_s = median_seconds(lambda: student.encode_corpus(docs), 1) / len(docs)
     row = {"doc_tokens": length, "teacher_ms_per_query": 1000 * teacher_s,
            "student_ms_per_query": 1000 * student_s,
            "student_offline_ms_per_doc": 1000 * encode_s}
