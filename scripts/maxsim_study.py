@@ -1,0 +1,166 @@
+"""What the maxsim predictor's features are worth, on held-out training queries and on test.
+
+    .venv/bin/python scripts/maxsim_study.py [--params params.yaml] [--dev-queries 60]
+
+Needs the pipeline's `distill_jepa` outputs (a maxsim student: its token-state index and IDF
+table) and `rank_lists`. Reranks BM25's top-K with predictors trained on the stage's teacher
+pairs, each on:
+
+- dev: `--dev-queries` training queries that the distillation did not use (seeded sample;
+  their BM25 top-K from the train run; documents outside the index are encoded here), where
+  choices can be made without looking at test;
+- test: the stage's evaluation queries (BM25 top-K, as `Rabtriever (rerank@K)`).
+
+Rows: each single feature with no training; the maxsim predictor on every feature (the stage's
+setting) and on subsets of them (the other columns' weights held at zero); and a supervised
+ceiling: logistic regression on the dev queries' relevance labels over the same features,
+scored on test. The last shows what any linear use of these features can reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from components.settings import configure_environment  # noqa: E402
+
+configure_environment()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from jepa_eval import StudentBench  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+
+from components.config import load_params  # noqa: E402
+from components.evaluation.metrics import mean_metrics, per_query_metrics  # noqa: E402
+from components.models.late_interaction import TokenStates  # noqa: E402
+from components.runs import read_trec_run  # noqa: E402
+from components.training.jepa_trainer import JepaTrainParams, train_predictor  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--dev-queries", type=int, default=60)
+    args = parser.parse_args()
+    params = load_params(args.params)
+    bench = StudentBench.load(params)
+    retriever, depth, cfg = bench.retriever, bench.depth, params.jepa
+    if not retriever.token_layers:
+        raise SystemExit("the stage's student is not a maxsim predictor (jepa.predictor_form)")
+    layers = retriever.token_layers
+    names = [f"{kind} L{layer}" for layer in layers for kind in ("MaxSim", "MaxSim-idf")]
+    names.append("pooled cosine")
+    data = bench.stage_training_data()
+
+    # Dev: held-out training queries, their BM25 top-K; encode the documents not in the index.
+    train_run = read_trec_run(bench.layout.run_dir("bm25") / f"{params.data.train_split}.trec")[0]
+    dev_qrels = bench.dataset.qrels_dict(params.data.train_split)
+    pool = sorted(q for q in dev_qrels if q not in set(data.query_ids) and q in train_run)
+    dev_qids = random.Random(params.seed).sample(pool, min(args.dev_queries, len(pool)))
+    dev_cands = {q: [d for d, _ in train_run[q][:depth]] for q in dev_qids}
+    missing = sorted({d for c in dev_cands.values() for d in c} - set(retriever.doc_ids))
+    embs, tokens = retriever.encode_corpus([bench.texts[d] for d in missing])
+    index_rows = {d: i for i, d in enumerate(retriever.doc_ids)}
+    extra_rows = {d: i for i, d in enumerate(missing)}
+
+    def doc_rows(docs):
+        """(pooled [n, H], token states) of these documents, from the index or encoded here."""
+        out_embs, out_tokens = [], []
+        for d in docs:
+            if d in index_rows:
+                i = index_rows[d]
+                out_embs.append(retriever.doc_embeddings[i])
+                out_tokens.append(retriever.doc_tokens.select([i]))
+            else:
+                out_embs.append(embs[extra_rows[d]])
+                out_tokens.append(tokens.select([extra_rows[d]]))
+        return torch.stack(out_embs), TokenStates.concat(out_tokens)
+
+    def query_features(qids, cands):
+        """qid -> (QueryEncoding, features [K, k]) for each query's candidates."""
+        out = {}
+        for q in qids:
+            encoded = retriever.encode_query(bench.queries[q])
+            d_embs, d_tokens = doc_rows(cands[q])
+            out[q] = (encoded, retriever.features(encoded.tokens, encoded.pooled, d_embs, d_tokens))
+        return out
+
+    test_cands = {q: [d for d, _ in bench.bm25.get(q, [])[:depth]] for q in bench.qids}
+    sets = {
+        "dev": (dev_qids, dev_cands, dev_qrels, query_features(dev_qids, dev_cands)),
+        "test": (bench.qids, test_cands, bench.qrels, query_features(bench.qids, test_cands)),
+    }
+
+    def ndcg(split, score_fn) -> float:
+        qids, cands, qrels, feats = sets[split]
+        run = {q: list(zip(cands[q], score_fn(*feats[q]).tolist(), strict=True)) for q in qids}
+        return mean_metrics(per_query_metrics(run, qrels, ["ndcg_cut_10"], qids))["ndcg_cut_10"]
+
+    rows = {"BM25": {s: ndcg(s, lambda e, f: -torch.arange(len(f), dtype=torch.float32))
+                     for s in sets}}  # fmt: skip
+    for column, name in enumerate(names):
+        rows[f"{name} alone (no training)"] = {s: ndcg(s, lambda e, f, c=column: f[:, c])
+                                               for s in sets}  # fmt: skip
+
+    def trained(columns: list[int]) -> dict[str, float]:
+        predictor = bench.fresh_predictor()
+        subset = data.features.clone()
+        subset[:, [c for c in range(len(names)) if c not in columns]] = 0.0
+        train_cfg = JepaTrainParams(
+            epochs=cfg.epochs, top_m=cfg.top_m, lr=cfg.lr, batch_size=cfg.batch_size,
+            jepa_form=cfg.jepa_form, rkl_weight=cfg.rkl_weight, seed=params.seed)  # fmt: skip
+        original = data.features
+        data.features = subset
+        try:
+            train_predictor(predictor, retriever.scorer, data, train_cfg)
+        finally:
+            data.features = original
+        predictor.eval()
+        keep = torch.zeros(len(names))
+        keep[columns] = 1.0
+
+        def score(encoded, features):
+            # Dropped columns sit at their training mean (0 after standardisation).
+            features = features * keep + predictor.feature_mean * (1 - keep)
+            state = encoded.state.reshape(1, -1)
+            with torch.no_grad():
+                return retriever.scorer.score(predictor(state, torch.zeros(1), features))
+
+        return {s: ndcg(s, score) for s in sets}
+
+    every = list(range(len(names)))
+    rows["maxsim predictor, every feature (the stage's setting)"] = trained(every)
+    rows["maxsim predictor, without the pooled cosine"] = trained(every[:-1])
+    for i, layer in enumerate(layers):
+        rows[f"maxsim predictor, layer {layer} MaxSims only"] = trained([2 * i, 2 * i + 1])
+        rows[f"maxsim predictor, without IDF weighting at layer {layer}"] = trained(
+            [c for c in every if c != 2 * i + 1])
+
+    # Supervised ceiling: relevance labels of the dev queries, a linear model on the features.
+    x, y = [], []
+    for q in dev_qids:
+        x.append(sets["dev"][3][q][1].numpy())
+        y += [int(dev_qrels.get(q, {}).get(d, 0) > 0) for d in dev_cands[q]]
+    model = LogisticRegression(C=1.0, max_iter=1000).fit(np.concatenate(x), y)
+    rows["supervised ceiling: logistic regression on dev labels"] = {
+        "dev": float("nan"),
+        "test": ndcg("test", lambda e, f: torch.as_tensor(model.decision_function(f.numpy()))),
+    }
+
+    print(f"rerank BM25 top-{depth}; dev: {len(dev_qids)} held-out training queries "
+          f"({len(missing)} documents encoded here); test: {len(bench.qids)} evaluation queries\n")
+    print("| scoring | dev nDCG@10 | test nDCG@10 |\n|---|---|---|")
+    for name, values in rows.items():
+        cells = ["" if np.isnan(values[s]) else f"{values[s]:.4f}" for s in ("dev", "test")]
+        print(f"| {name} | {cells[0]} | {cells[1]} |")
+
+
+if __name__ == "__main__":
+    main()
