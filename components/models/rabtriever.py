@@ -33,6 +33,7 @@ load). No pickle anywhere.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -297,24 +298,29 @@ def _final_states(
     mask: torch.Tensor,
     autocast_bf16: bool,
     layers: Sequence[int] = (),
+    position_ids: torch.Tensor | None = None,
+    past_key_values: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
     """(pre-norm, post-norm) final states at every position, [B, T, H] each, fp32, and the
     states of the decoder `layers` asked for (0 = the embeddings; BEFORE any norm).
 
-    Position ids from the mask, as `reranker.answer_logits` computes them: the query state must
-    be the very state the teacher computes for the same prompt.
+    Position ids from the mask by default, as `reranker.answer_logits` computes them: the query
+    state must be the very state the teacher computes for the same prompt. With
+    `past_key_values` (a cached prompt prefix; consumed) `mask` also covers the prefix.
     """
     decoder = model.get_decoder()
     captured: list[torch.Tensor] = []
     hook = final_norm(model).register_forward_hook(lambda _m, args, _o: captured.append(args[0]))
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    if position_ids is None:
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     try:
         with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             out = decoder(
                 input_ids=input_ids,
                 attention_mask=mask,
                 position_ids=position_ids,
-                use_cache=False,
+                past_key_values=past_key_values,
+                use_cache=past_key_values is not None,
                 output_hidden_states=bool(layers),
             )
     finally:
@@ -404,6 +410,27 @@ def _document_outputs(
     return pooled.cpu(), token_ids, token_states
 
 
+@dataclass
+class PrefixCache:
+    """Keys/values of the chat prefix every prompt starts with, for a batch of two rows (the
+    query and document prompts of `encode_query_with_tokens`). Computed once per model: the
+    prefix is about a third of a short query's two prompts."""
+
+    token_ids: list[int]
+    past_key_values: Any
+
+    @classmethod
+    @torch.inference_mode()
+    def build(cls, model: nn.Module, tokenizer, builder: PromptBuilder, autocast_bf16: bool):
+        prefix = _tokenize(tokenizer, [builder.chat_prefix])[0]
+        ids = torch.tensor([prefix, prefix], device=_device(model))
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            out = model.get_decoder()(
+                input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True
+            )
+        return cls(prefix, out.past_key_values)
+
+
 @torch.inference_mode()
 def encode_query_with_tokens(
     model: nn.Module,
@@ -413,15 +440,40 @@ def encode_query_with_tokens(
     layers: Sequence[int],
     pooling: str = "mean",
     autocast_bf16: bool = False,
+    prefix_cache: PrefixCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, TokenStates]:
     """One query for the maxsim predictor, both prompts in ONE batched forward pass: its
     `build_query_prompt` answer state [H] (pre-norm, as `encode_queries`) and its
-    `build_document_prompt` pooled vector [H] and token states (as `encode_document_tokens`)."""
+    `build_document_prompt` pooled vector [H] and token states (as `encode_document_tokens`).
+
+    With `prefix_cache`, only what follows the chat prefix runs (right-padded after the cached
+    prefix, so every real token sees exactly the prompt it would see alone)."""
     stored = [layer for layer in layers if layer > 0]
     prompts = [builder.build_query_prompt(query), builder.build_document_prompt(query)]
     rows = _tokenize(tokenizer, prompts)
-    ids, mask = left_pad(rows, tokenizer.pad_token_id)
     device = _device(model)
+    prefix = prefix_cache.token_ids if prefix_cache is not None else []
+    if prefix and all(list(r[: len(prefix)]) == prefix and len(r) > len(prefix) for r in rows):
+        suffixes = [list(r[len(prefix) :]) for r in rows]
+        width = max(len(row) for row in suffixes)
+        ids = torch.full((2, width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(2, len(prefix) + width, dtype=torch.long)
+        mask[:, : len(prefix)] = 1
+        for i, row in enumerate(suffixes):
+            ids[i, : len(row)] = torch.as_tensor(row)
+            mask[i, len(prefix) : len(prefix) + len(row)] = 1
+        positions = (len(prefix) + torch.arange(width)).expand(2, -1)
+        pre, post, states = _final_states(
+            model, ids.to(device), mask.to(device), autocast_bf16, stored, positions.to(device),
+            copy.deepcopy(prefix_cache.past_key_values),
+        )  # fmt: skip
+        n = len(suffixes[1])  # the document prompt's own tokens: everything after the prefix
+        pooled = post[1, n - 1] if pooling == "last" else post[1, :n].mean(0)
+        tokens = TokenStates.from_rows(
+            [suffixes[1]], {layer: [states[layer][1, :n].float().cpu()] for layer in stored}
+        )
+        return pre[0, len(suffixes[0]) - 1].cpu(), pooled.cpu(), tokens
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
     pre, post, states = _final_states(model, ids, mask, autocast_bf16, stored)
     pooled, kept_ids, kept_states = _document_outputs(
@@ -530,6 +582,7 @@ class Rabtriever:
         self.doc_embeddings = torch.zeros(0, hidden)
         self.doc_tokens: TokenStates | None = None
         self._row: dict[str, int] = {}
+        self._prefix_cache: PrefixCache | None = None  # built on the first maxsim query
 
     @classmethod
     def from_pretrained(
@@ -577,9 +630,13 @@ class Rabtriever:
         and the document prompt for the token states, batched in one LLM pass)."""
         if not self.token_layers:
             return QueryEncoding(self.encode_queries([query])[0])
+        if self._prefix_cache is None:
+            self._prefix_cache = PrefixCache.build(
+                self.model, self.tokenizer, self.prompts, self.bf16
+            )
         state, pooled, tokens = encode_query_with_tokens(
             self.model, self.tokenizer, self.prompts, query, self.token_layers, self.pooling,
-            self.bf16,
+            self.bf16, self._prefix_cache,
         )  # fmt: skip
         return QueryEncoding(state, tokens, pooled)
 

@@ -147,9 +147,11 @@ def test_maxsim_student_encodes_ranks_saves_and_loads(maxsim_student, toy, tiny_
     retriever.index_corpus(toy.corpus, batch_size=4)
     assert retriever.doc_tokens is not None and set(retriever.doc_tokens.states) == {2}
 
-    # One batched pass over both prompts gives what the two separate encoders give.
+    # One batched pass over both prompts, after the cached chat prefix, gives what the two
+    # separate encoders give.
     query = toy.queries["q1"]
     encoded = retriever.encode_query(query)
+    assert retriever._prefix_cache is not None
     model, tokenizer, prompts = retriever.model, retriever.tokenizer, retriever.prompts
     torch.testing.assert_close(encoded.state, encode_queries(model, tokenizer, prompts, [query])[0],
                                atol=1e-4, rtol=1e-4)  # fmt: skip
