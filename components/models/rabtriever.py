@@ -9,6 +9,12 @@ is a `Predictor` between the last decoder layer and the final norm + LM head:
     predictor(q, d)                     -> q' (predicted context-aware query state, pre-norm)
     score = log p(Yes) - log p(No) of  lm_head(final_norm(q'))     (read out as the teacher does)
 
+The default `maxsim` predictor also keeps each document's token states (the document latent is
+then a set of vectors, as in ColBERT) and reads the pair through late-interaction statistics of
+the query's and the document's token states (`components/models/late_interaction.py`); the
+query then also runs through the document prompt, in the same batched LLM pass, after a cached
+chat prefix.
+
 Documents are encoded once, without any query, so a corpus is embedded offline; per query the
 LLM runs once and the predictor (a few million parameters) runs once per candidate. The training
 target is the teacher's own answer-position state with the document in the prompt
@@ -28,7 +34,9 @@ Why these spaces:
 On disk (`Rabtriever.save`): `predictor.safetensors`, `rabtriever.json` (predictor config,
 pooling, prompt template and answer ids); a document index is `doc_embeddings.npy` (float32,
 row i = `doc_ids.json`[i]) plus `doc_index.json` (what the rows were encoded with, checked on
-load). No pickle anywhere.
+load), and for maxsim `doc_token_ids.npy` (int32, -1 padding) and `doc_token_states_L<l>.npy`
+(fp16, unit norm) per stored layer. The predictor's IDF table and feature statistics are
+buffers in `predictor.safetensors`. No pickle anywhere.
 """
 
 from __future__ import annotations
