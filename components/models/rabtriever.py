@@ -652,8 +652,8 @@ class Rabtriever:
         """The token ids `encode_document_tokens` keeps per document (no LLM pass): what the
         IDF table is fitted on."""
         rows = _tokenize(self.tokenizer, [self.prompts.build_document_prompt(d) for d in documents])
-        prefix = _tokenize(self.tokenizer, [self.prompts.chat_prefix])[0]
-        return [r[len(prefix) :] if list(r[: len(prefix)]) == prefix else r for r in rows]
+        skip = _prefix_lengths(self.tokenizer, self.prompts, rows)
+        return [row[n:] for row, n in zip(rows, skip, strict=True)]
 
     def fit_idf(self, documents: Sequence[str]) -> None:
         """Fit the maxsim predictor's IDF table on these documents (the corpus to be indexed)."""
