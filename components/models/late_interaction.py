@@ -8,10 +8,12 @@ statistics of the two token sets. For each layer L of `layers`:
     MaxSim_L^idf(q, d) = sum_i idf(t_i) * max_j cos(q_i^L, d_j^L) / sum_i idf(t_i)
     idf(t)             = ln((N + 1) / (df(t) + 0.5))     (df over the N documents it was fit on)
 
-plus the cosine of the two pooled vectors. q_i^L is the state of the query's i-th token at
-decoder layer L when the query is encoded through the document prompt (the same context the
-document tokens had), t_i its token id. Layer 0 is the token embedding: nothing is stored for
-it, the states are looked up from the token ids.
+plus the cosine of the two pooled vectors. q_i^L is the state at decoder layer L of the i-th
+token of the query's own segment ("{query_label}: {query}") in the pass that computes the
+query's answer state (no second pass: causal attention keeps the question that follows out of
+these states); d_j^L likewise for the document's segment ("{doc_label}: {document}") in its own
+pass; t_i is the token id. Layer 0 is the token embedding: nothing is stored for it, the states
+are looked up from the token ids.
 
 Why: a probe of the frozen teacher (docs/benchmarks.md, "What the frozen teacher's states hold")
 found that token-by-token comparison of lower-layer states orders candidates far better than any
@@ -135,6 +137,17 @@ def _unit_embeddings(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor
     return F.normalize(embedding(ids.clamp(min=0).to(embedding.weight.device)).float(), dim=-1)
 
 
+def scans_vocabulary(docs: TokenStates, layers: Sequence[int], embedding: nn.Embedding) -> bool:
+    """Whether layer 0 is cheaper against the whole vocabulary (one [|q|, V] product, then a
+    gather) than per document token: a corpus scan, more document tokens than the vocabulary."""
+    return 0 in layers and docs.token_ids.numel() > embedding.num_embeddings
+
+
+def unit_vocabulary(embedding: nn.Embedding) -> torch.Tensor:
+    """[V, H] fp32 unit-norm token embeddings: layer 0 of a corpus scan."""
+    return F.normalize(embedding.weight.float(), dim=-1)
+
+
 def _best_matches(
     query: TokenStates,
     q_keep: torch.Tensor,
@@ -173,11 +186,14 @@ def maxsim_features(
     layers: Sequence[int],
     embedding: nn.Embedding,
     chunk: int = 256,
+    unit_vocab: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[N, 2 * len(layers) + 1] features of one query (`query` has one row) against N docs.
 
     Column order: per layer MaxSim, MaxSim^idf; then the pooled cosine (see the module
     docstring). Documents are processed `chunk` at a time to bound memory in a corpus scan.
+    `unit_vocab`: the unit-norm embedding table [V, H], if the caller keeps one (`unit_vocab`);
+    a corpus scan needs it and would otherwise normalise the whole table per query.
     """
     if len(query) != 1:
         raise ValueError(f"one query at a time, got {len(query)}")
@@ -191,8 +207,8 @@ def maxsim_features(
     weights = weights / weights.sum().clamp(min=1e-9)
     query_pooled, doc_pooled = query_pooled.to(device), doc_pooled.to(device)
     vocab_sim = None
-    if 0 in layers and docs.token_ids.numel() > embedding.num_embeddings:  # a corpus scan
-        vocab = F.normalize(embedding.weight.float(), dim=-1)
+    if scans_vocabulary(docs, layers, embedding):
+        vocab = unit_vocab if unit_vocab is not None else unit_vocabulary(embedding)
         vocab_sim = _unit_embeddings(embedding, query.token_ids[0, q_keep]) @ vocab.T
     for start in range(0, len(docs), chunk):
         part = docs.select(range(start, min(start + chunk, len(docs))))
@@ -206,4 +222,12 @@ def maxsim_features(
     return out
 
 
-__all__ = ["TokenStates", "fit_idf", "maxsim_features", "num_features", "states_file"]
+__all__ = [
+    "TokenStates",
+    "fit_idf",
+    "maxsim_features",
+    "num_features",
+    "scans_vocabulary",
+    "states_file",
+    "unit_vocabulary",
+]

@@ -141,6 +141,18 @@ class PromptBuilder:
         """The pair prompt minus the document segment (for a student encoding the query alone)."""
         return self.chat_prefix + self.template.user_message(None, query) + self.chat_suffix
 
+    def build_query_head(self, query: str) -> str:
+        """`build_query_prompt` up to the end of the query text ("{query_label}: {query}"): the
+        query's own segment, whose token states the maxsim predictor compares with a document's.
+        Causal attention: the question after it cannot reach these states."""
+        fmt = self.template.query_format
+        if "{query}" not in fmt:
+            raise ValueError(f"query_format {fmt!r} has no {{query}} field")
+        head = fmt.split("{query}", 1)[0].format(
+            query_label=self.template.query_label, question=self.template.question
+        )
+        return self.chat_prefix + head + query
+
     def build_document_prompt(self, document: str) -> str:
         """The document part alone: an exact text prefix of `build_pair_prompt(document, q)`."""
         return self.chat_prefix + self.template.document_segment(self.truncate_document(document))

@@ -62,6 +62,8 @@ from components.models.late_interaction import (
     fit_idf,
     maxsim_features,
     num_features,
+    scans_vocabulary,
+    unit_vocabulary,
 )
 from components.models.prompts import (
     AnswerTokens,
@@ -392,37 +394,58 @@ def _prefix_lengths(tokenizer, builder: PromptBuilder, rows: Sequence[Sequence[i
     return [len(prefix_ids) if list(r[: len(prefix_ids)]) == prefix_ids else 0 for r in rows]
 
 
-def _document_outputs(
+def _own_lengths(tokenizer, builder: PromptBuilder, queries: Sequence[str],
+                 rows: Sequence[Sequence[int]]) -> list[int]:  # fmt: skip
+    """Per query-prompt row, where the query's own segment ends (`build_query_head`). Where BPE
+    merged the query's last token with what follows, the segment ends before that token."""
+    heads = _tokenize(tokenizer, [builder.build_query_head(q) for q in queries])
+    ends = []
+    for head, row in zip(heads, rows, strict=True):
+        n = 0
+        while n < min(len(head), len(row)) and head[n] == row[n]:
+            n += 1
+        ends.append(n)
+    return ends
+
+
+def _kept_outputs(
     ids: torch.Tensor,
     mask: torch.Tensor,
     post: torch.Tensor,
     states: Mapping[int, torch.Tensor],
-    skip: Sequence[int],
+    start: Sequence[int],
     pooling: str,
+    stop: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, list[list[int]], dict[int, list[torch.Tensor]]]:
-    """From a left-padded batch of document prompts: pooled post-norm states [B, H] (CPU) and,
-    per row, the ids and `states` of the document's own tokens (after the chat prefix)."""
+    """From a padded batch: pooled post-norm states [B, H] (CPU) and, per row, the ids and
+    `states` of the tokens kept: row positions [start, stop) counted over the row's real tokens
+    (stop None: to the end). A row with nothing in range keeps all of its tokens.
+
+    pooling="mean" averages the kept tokens; "last" takes the last kept token's state."""
     position = mask.cumsum(-1) - 1  # index within the row's real tokens; -1 on padding
-    first = torch.as_tensor(skip, device=ids.device)[:, None]
-    keep = (mask.bool() & (position >= first)).float()
-    keep[keep.sum(-1) == 0] = mask[keep.sum(-1) == 0].float()  # a document with no tokens
-    kept = [keep[j].bool() for j in range(len(ids))]
-    token_ids = [ids[j, kept[j]].tolist() for j in range(len(ids))]
+    keep = mask.bool() & (position >= torch.as_tensor(start, device=ids.device)[:, None])
+    if stop is not None:
+        keep &= position < torch.as_tensor(stop, device=ids.device)[:, None]
+    empty = ~keep.any(-1)
+    keep[empty] = mask[empty].bool()
+    token_ids = [ids[j, keep[j]].tolist() for j in range(len(ids))]
     token_states = {
-        layer: [h[j, kept[j]].float().cpu() for j in range(len(ids))] for layer, h in states.items()
+        layer: [h[j, keep[j]].float().cpu() for j in range(len(ids))] for layer, h in states.items()
     }
     if pooling == "last":
-        pooled = post[:, -1]
+        columns = torch.arange(keep.shape[1], device=ids.device)
+        last = (keep * columns).argmax(-1)
+        pooled = post[torch.arange(len(ids), device=ids.device), last]
     else:
-        pooled = (post * keep[..., None]).sum(1) / keep.sum(-1, keepdim=True)
+        weights = keep.float()[..., None]
+        pooled = (post * weights).sum(1) / weights.sum(1)
     return pooled.cpu(), token_ids, token_states
 
 
 @dataclass
 class PrefixCache:
-    """Keys/values of the chat prefix every prompt starts with, for a batch of two rows (the
-    query and document prompts of `encode_query_with_tokens`). Computed once per model: the
-    prefix is about a third of a short query's two prompts."""
+    """Keys/values of the chat prefix every prompt starts with (one row). Computed once per
+    model: the prefix is about a third of a short query's prompt."""
 
     token_ids: list[int]
     past_key_values: Any
@@ -431,7 +454,7 @@ class PrefixCache:
     @torch.inference_mode()
     def build(cls, model: nn.Module, tokenizer, builder: PromptBuilder, autocast_bf16: bool):
         prefix = _tokenize(tokenizer, [builder.chat_prefix])[0]
-        ids = torch.tensor([prefix, prefix], device=_device(model))
+        ids = torch.tensor([prefix], device=_device(model))
         with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             out = model.get_decoder()(
                 input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True
@@ -439,56 +462,132 @@ class PrefixCache:
         return cls(prefix, out.past_key_values)
 
 
+class _DeepEnough(Exception):
+    """Raised by a layer hook once the deepest layer a pass needs has run."""
+
+
+def _layer_states(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    layers: Sequence[int],
+    autocast_bf16: bool,
+) -> dict[int, torch.Tensor]:
+    """The states after decoder layers `layers` (each >= 1; what `hidden_states[layer]` holds),
+    [B, T, H], from a pass that stops after the deepest of them: layer 4 of 30 costs 4/30 of a
+    full pass. Position ids from the mask, as `_final_states`."""
+    decoder, deepest, captured = model.get_decoder(), max(layers), {}
+
+    def capture(layer: int):
+        def hook(_module, _args, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == deepest:
+                raise _DeepEnough
+
+        return hook
+
+    def module(layer: int) -> nn.Module:
+        # As in `hidden_states`, the last layer's entry is the state after the final norm.
+        return final_norm(model) if layer == len(decoder.layers) else decoder.layers[layer - 1]
+
+    handles = [module(layer).register_forward_hook(capture(layer)) for layer in layers]
+    try:
+        with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            decoder(input_ids=input_ids, attention_mask=mask,
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)  # fmt: skip
+    except _DeepEnough:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
 @torch.inference_mode()
-def encode_query_with_tokens(
+def encode_query_tokens(
     model: nn.Module,
     tokenizer,
     builder: PromptBuilder,
-    query: str,
+    queries: Sequence[str],
     layers: Sequence[int],
+    batch_size: int = 16,
     pooling: str = "mean",
     autocast_bf16: bool = False,
     prefix_cache: PrefixCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, TokenStates]:
-    """One query for the maxsim predictor, both prompts in ONE batched forward pass: its
-    `build_query_prompt` answer state [H] (pre-norm, as `encode_queries`) and its
-    `build_document_prompt` pooled vector [H] and token states (as `encode_document_tokens`).
+    """Queries for the maxsim predictor: the answer state [N, H] (pre-norm, as
+    `encode_queries`) and the pooled post-norm vector [N, H] of the query's own segment
+    (`build_query_head`: its label and text), both from one pass over `build_query_prompt`; and
+    the token states at `layers` of the query read as a document (`build_document_prompt`, the
+    context the document tokens had), from a pass only as deep as the deepest layer asked for.
 
-    With `prefix_cache`, only what follows the chat prefix runs (right-padded after the cached
-    prefix, so every real token sees exactly the prompt it would see alone)."""
-    stored = [layer for layer in layers if layer > 0]
-    prompts = [builder.build_query_prompt(query), builder.build_document_prompt(query)]
-    rows = _tokenize(tokenizer, prompts)
-    device = _device(model)
+    Measured on SciFact (docs/benchmarks.md): token states from the query prompt instead cost
+    0.01-0.02 nDCG@10; the pooled vector from it costs about 0.005 and saves a full pass.
+    With `prefix_cache` and one query, only what follows the cached chat prefix runs."""
+    rows = _tokenize(tokenizer, [builder.build_query_prompt(q) for q in queries])
+    starts = _prefix_lengths(tokenizer, builder, rows)
+    stops = _own_lengths(tokenizer, builder, queries, rows)
+    answer = torch.zeros(len(queries), model.config.hidden_size)
+    pooled = torch.zeros(len(queries), model.config.hidden_size)
     prefix = prefix_cache.token_ids if prefix_cache is not None else []
-    if prefix and all(list(r[: len(prefix)]) == prefix and len(r) > len(prefix) for r in rows):
-        suffixes = [list(r[len(prefix) :]) for r in rows]
-        width = max(len(row) for row in suffixes)
-        ids = torch.full((2, width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(2, len(prefix) + width, dtype=torch.long)
-        mask[:, : len(prefix)] = 1
-        for i, row in enumerate(suffixes):
-            ids[i, : len(row)] = torch.as_tensor(row)
-            mask[i, len(prefix) : len(prefix) + len(row)] = 1
-        positions = (len(prefix) + torch.arange(width)).expand(2, -1)
-        pre, post, states = _final_states(
-            model, ids.to(device), mask.to(device), autocast_bf16, stored, positions.to(device),
+    row = rows[0]
+    if len(rows) == 1 and prefix and row[: len(prefix)] == prefix and len(row) > len(prefix):
+        device, shift = _device(model), len(prefix)
+        ids = torch.tensor([row[shift:]], device=device)
+        mask = torch.ones(1, len(row), dtype=torch.long, device=device)
+        positions = torch.arange(shift, len(row), device=device)[None]
+        pre, post, _ = _final_states(
+            model, ids, mask, autocast_bf16, (), positions,
             copy.deepcopy(prefix_cache.past_key_values),
         )  # fmt: skip
-        n = len(suffixes[1])  # the document prompt's own tokens: everything after the prefix
-        pooled = post[1, n - 1] if pooling == "last" else post[1, :n].mean(0)
-        tokens = TokenStates.from_rows(
-            [suffixes[1]], {layer: [states[layer][1, :n].float().cpu()] for layer in stored}
+        answer[0] = pre[0, -1].cpu()
+        # Positions count from the first token after the prefix here.
+        pooled[:], _, _ = _kept_outputs(
+            ids, mask[:, shift:], post, {}, [starts[0] - shift], pooling, [stops[0] - shift]
         )
-        return pre[0, len(suffixes[0]) - 1].cpu(), pooled.cpu(), tokens
-    ids, mask = left_pad(rows, tokenizer.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
-    pre, post, states = _final_states(model, ids, mask, autocast_bf16, stored)
-    pooled, kept_ids, kept_states = _document_outputs(
-        ids[1:], mask[1:], post[1:], {k: v[1:] for k, v in states.items()},
-        _prefix_lengths(tokenizer, builder, rows[1:]), pooling,
-    )  # fmt: skip
-    return pre[0, -1].cpu(), pooled[0], TokenStates.from_rows(kept_ids, kept_states)
+    else:
+        for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
+            pre, post, _ = _final_states(model, ids, mask, autocast_bf16)
+            answer[index] = pre[:, -1].cpu()
+            pooled[index], _, _ = _kept_outputs(ids, mask, post, {}, [starts[i] for i in index],
+                                                pooling, [stops[i] for i in index])  # fmt: skip
+    return answer, pooled, document_token_states(
+        model, tokenizer, builder, queries, layers, batch_size, autocast_bf16
+    )
+
+
+@torch.inference_mode()
+def document_token_states(
+    model: nn.Module,
+    tokenizer,
+    builder: PromptBuilder,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    batch_size: int = 16,
+    autocast_bf16: bool = False,
+) -> TokenStates:
+    """Token ids and states at `layers` (> 0 stored) of texts read through
+    `build_document_prompt`, the tokens after the chat prefix, as `encode_document_tokens`
+    keeps them; the pass stops at the deepest layer asked for (none: no pass at all)."""
+    stored = [layer for layer in layers if layer > 0]
+    rows = _tokenize(tokenizer, [builder.build_document_prompt(t) for t in texts])
+    skip = _prefix_lengths(tokenizer, builder, rows)
+    if not stored:
+        return TokenStates.from_rows([row[n:] for row, n in zip(rows, skip, strict=True)], {})
+    token_ids: list[list[int]] = [[] for _ in texts]
+    token_states: dict[int, list[torch.Tensor]] = {layer: [torch.zeros(0)] * len(texts)
+                                                   for layer in stored}  # fmt: skip
+    for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
+        states = _layer_states(model, ids, mask, stored, autocast_bf16)
+        no_post = torch.zeros(len(index), ids.shape[1], 1, device=ids.device)
+        _, kept_ids, kept_states = _kept_outputs(
+            ids, mask, no_post, states, [skip[i] for i in index], "mean"
+        )
+        for j, i in enumerate(index):
+            token_ids[i] = kept_ids[j]
+            for layer in stored:
+                token_states[layer][i] = kept_states[layer][j]
+    return TokenStates.from_rows(token_ids, token_states)
 
 
 @torch.inference_mode()
@@ -517,7 +616,7 @@ def encode_document_tokens(
     skip = _prefix_lengths(tokenizer, builder, rows)
     for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
         _, post, states = _final_states(model, ids, mask, autocast_bf16, stored)
-        pooled, kept_ids, kept_states = _document_outputs(
+        pooled, kept_ids, kept_states = _kept_outputs(
             ids, mask, post, states, [skip[i] for i in index], pooling
         )
         out[index] = pooled
@@ -536,7 +635,7 @@ def encode_document_tokens(
 @dataclass
 class QueryEncoding:
     """What scoring needs from one query: its answer-position state (query prompt) and, for the
-    maxsim form, its token states and pooled vector through the document prompt."""
+    maxsim form, the token states and pooled vector of its own segment of that prompt."""
 
     state: torch.Tensor  # [H] pre-norm
     tokens: TokenStates | None = None
@@ -591,6 +690,7 @@ class Rabtriever:
         self.doc_tokens: TokenStates | None = None
         self._row: dict[str, int] = {}
         self._prefix_cache: PrefixCache | None = None  # built on the first maxsim query
+        self._unit_vocab: torch.Tensor | None = None  # built on the first corpus scan
 
     @classmethod
     def from_pretrained(
@@ -634,19 +734,26 @@ class Rabtriever:
         )  # fmt: skip
 
     def encode_query(self, query: str) -> QueryEncoding:
-        """One query, as `rerank` and `search` need it (maxsim: the query prompt for the state
-        and the document prompt for the token states, batched in one LLM pass)."""
+        """One query, as `rerank` and `search` need it: one LLM pass over its prompt after the
+        cached chat prefix (maxsim: its own segment's token states and pooled vector too)."""
         if not self.token_layers:
             return QueryEncoding(self.encode_queries([query])[0])
         if self._prefix_cache is None:
             self._prefix_cache = PrefixCache.build(
                 self.model, self.tokenizer, self.prompts, self.bf16
             )
-        state, pooled, tokens = encode_query_with_tokens(
-            self.model, self.tokenizer, self.prompts, query, self.token_layers, self.pooling,
-            self.bf16, self._prefix_cache,
+        state, pooled, tokens = self.encode_query_tokens([query], prefix_cache=self._prefix_cache)
+        return QueryEncoding(state[0], tokens, pooled[0])
+
+    def encode_query_tokens(
+        self, queries: Sequence[str], batch_size: int = 16, prefix_cache: PrefixCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, TokenStates]:
+        """(answer states [N, H], pooled [N, H], token states) of queries; see
+        `encode_query_tokens`."""
+        return encode_query_tokens(
+            self.model, self.tokenizer, self.prompts, queries, self.token_layers, batch_size,
+            self.pooling, self.bf16, prefix_cache,
         )  # fmt: skip
-        return QueryEncoding(state, tokens, pooled)
 
     def document_token_ids(self, documents: Sequence[str]) -> list[list[int]]:
         """The token ids `encode_document_tokens` keeps per document (no LLM pass): what the
@@ -675,9 +782,13 @@ class Rabtriever:
             return None
         if query_tokens is None or query_pooled is None or doc_tokens is None:
             raise ValueError("the maxsim predictor needs the query's and documents' token states")
+        embedding = self.model.get_input_embeddings()
+        # The LLM is frozen: a corpus scan normalises its embedding table once, not per query.
+        if self._unit_vocab is None and scans_vocabulary(doc_tokens, self.token_layers, embedding):
+            self._unit_vocab = unit_vocabulary(embedding)
         return maxsim_features(
-            query_tokens, doc_tokens, query_pooled, doc_embs, self.predictor.idf.cpu(),
-            self.token_layers, self.model.get_input_embeddings(),
+            query_tokens, doc_tokens, query_pooled, doc_embs, self.predictor.idf,
+            self.token_layers, embedding, unit_vocab=self._unit_vocab,
         )  # fmt: skip
 
     def pair_features(
@@ -693,7 +804,7 @@ class Rabtriever:
         each query encoded once; None when the predictor reads no token states."""
         if not self.token_layers:
             return None
-        pooled, tokens = self.encode_corpus(queries, batch_size)
+        _, pooled, tokens = self.encode_query_tokens(queries, batch_size)
         out = torch.zeros(len(query_index), num_features(self.token_layers))
         for q in query_index.unique().tolist():
             rows = (query_index == q).nonzero().squeeze(1)
@@ -937,6 +1048,8 @@ __all__ = [
     "encode_document_tokens",
     "encode_documents",
     "encode_queries",
+    "document_token_states",
+    "encode_query_tokens",
     "final_norm",
     "freeze",
     "predictor_state",

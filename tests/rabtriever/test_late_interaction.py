@@ -16,6 +16,7 @@ from components.models.rabtriever import (
     Rabtriever,
     encode_document_tokens,
     encode_queries,
+    encode_query_tokens,
 )
 from components.training.jepa_trainer import JepaTrainParams, build_training_data, train_predictor
 
@@ -147,18 +148,34 @@ def test_maxsim_student_encodes_ranks_saves_and_loads(maxsim_student, toy, tiny_
     retriever.index_corpus(toy.corpus, batch_size=4)
     assert retriever.doc_tokens is not None and set(retriever.doc_tokens.states) == {2}
 
-    # One batched pass over both prompts, after the cached chat prefix, gives what the two
-    # separate encoders give.
+    # The answer state and the pooled vector of the query's own segment ("{query_label}:
+    # {query}") come from one pass over the query prompt after the cached chat prefix; the token
+    # states from a pass over the document prompt cut at layer 2. Each equals its full encoder.
     query = toy.queries["q1"]
     encoded = retriever.encode_query(query)
     assert retriever._prefix_cache is not None
     model, tokenizer, prompts = retriever.model, retriever.tokenizer, retriever.prompts
     torch.testing.assert_close(encoded.state, encode_queries(model, tokenizer, prompts, [query])[0],
                                atol=1e-4, rtol=1e-4)  # fmt: skip
-    pooled, tokens = encode_document_tokens(model, tokenizer, prompts, [query], [2])
+    prompt = tokenizer(prompts.build_query_prompt(query), return_tensors="pt",
+                       add_special_tokens=False)["input_ids"]  # fmt: skip
+    first = len(tokenizer(prompts.chat_prefix, add_special_tokens=False)["input_ids"])
+    last = len(tokenizer(prompts.build_query_head(query), add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        post = model.get_decoder()(input_ids=prompt).last_hidden_state[0]
+    torch.testing.assert_close(encoded.pooled, post[first:last].mean(0), atol=1e-4, rtol=1e-4)
+    _, doc_tokens = encode_document_tokens(model, tokenizer, prompts, [query], [2])
+    assert torch.equal(encoded.tokens.token_ids, doc_tokens.token_ids)
+    torch.testing.assert_close(encoded.tokens.states[2], doc_tokens.states[2], atol=2e-3, rtol=0)
+    # Batched (padding around it) equals one at a time.
+    state, pooled, tokens = encode_query_tokens(model, tokenizer, prompts,
+                                                [query, toy.queries["q2"], "x"], [2])  # fmt: skip
+    torch.testing.assert_close(encoded.state, state[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(encoded.pooled, pooled[0], atol=1e-4, rtol=1e-4)
-    assert torch.equal(encoded.tokens.token_ids, tokens.token_ids)
-    torch.testing.assert_close(encoded.tokens.states[2], tokens.states[2], atol=2e-3, rtol=0)
+    width = encoded.tokens.token_ids.shape[1]
+    assert torch.equal(tokens.token_ids[:1, :width], encoded.tokens.token_ids)
+    torch.testing.assert_close(tokens.states[2][:1, :width], encoded.tokens.states[2],
+                               atol=2e-3, rtol=0)  # fmt: skip
 
     scores = retriever.score(encoded, None, batch_size=5)
     assert len(set(scores.tolist())) == len(toy.corpus)  # documents matter
