@@ -84,22 +84,32 @@ def main() -> None:
         return torch.stack(out_embs), TokenStates.concat(out_tokens)
 
     def query_features(qids, cands):
-        """qid -> (QueryEncoding, features [K, k]) for each query's candidates."""
-        out = {}
-        for q in qids:
+        """qid -> (QueryEncoding, features [K, k]) for each query's candidates, and the same
+        features with the pooled cosine taken from the query read through the document prompt
+        (the alternative to the stage's query-prompt segment; one more full pass per query)."""
+        out, alternative = {}, {}
+        as_documents = retriever.encode_documents([bench.queries[q] for q in qids])
+        for q, pooled in zip(qids, as_documents, strict=True):
             encoded = retriever.encode_query(bench.queries[q])
             d_embs, d_tokens = doc_rows(cands[q])
             out[q] = (encoded, retriever.features(encoded.tokens, encoded.pooled, d_embs, d_tokens))
-        return out
+            changed = out[q][1].clone()
+            changed[:, -1] = torch.cosine_similarity(pooled[None], d_embs)
+            alternative[q] = (encoded, changed)
+        return out, alternative
 
     test_cands = {q: [d for d, _ in bench.bm25.get(q, [])[:depth]] for q in bench.qids}
+    dev_features, dev_alternative = query_features(dev_qids, dev_cands)
+    test_features, test_alternative = query_features(bench.qids, test_cands)
     sets = {
-        "dev": (dev_qids, dev_cands, dev_qrels, query_features(dev_qids, dev_cands)),
-        "test": (bench.qids, test_cands, bench.qrels, query_features(bench.qids, test_cands)),
+        "dev": (dev_qids, dev_cands, dev_qrels, dev_features),
+        "test": (bench.qids, test_cands, bench.qrels, test_features),
     }
+    alternative_sets = {"dev": dev_alternative, "test": test_alternative}
 
-    def ndcg(split, score_fn) -> float:
+    def ndcg(split, score_fn, features: dict | None = None) -> float:
         qids, cands, qrels, feats = sets[split]
+        feats = feats if features is None else features[split]
         run = {q: list(zip(cands[q], score_fn(*feats[q]).tolist(), strict=True)) for q in qids}
         return mean_metrics(per_query_metrics(run, qrels, ["ndcg_cut_10"], qids))["ndcg_cut_10"]
 
@@ -109,9 +119,12 @@ def main() -> None:
         rows[f"{name} alone (no training)"] = {s: ndcg(s, lambda e, f, c=column: f[:, c])
                                                for s in sets}  # fmt: skip
 
-    def trained(columns: list[int]) -> dict[str, float]:
+    def trained(columns: list[int], features: torch.Tensor | None = None,
+                eval_features: dict | None = None) -> dict[str, float]:  # fmt: skip
+        """Train on `features` (default: the stage's) with only `columns` live; score with
+        `eval_features` (split -> qid -> (QueryEncoding, [K, k]); default: the stage's)."""
         predictor = bench.fresh_predictor()
-        subset = data.features.clone()
+        subset = (data.features if features is None else features).clone()
         subset[:, [c for c in range(len(names)) if c not in columns]] = 0.0
         train_cfg = JepaTrainParams(
             epochs=cfg.epochs, top_m=cfg.top_m, lr=cfg.lr, batch_size=cfg.batch_size,
@@ -133,10 +146,17 @@ def main() -> None:
             with torch.no_grad():
                 return retriever.scorer.score(predictor(state, torch.zeros(1), features))
 
-        return {s: ndcg(s, score) for s in sets}
+        return {s: ndcg(s, score, eval_features) for s in sets}
 
     every = list(range(len(names)))
     rows["maxsim predictor, every feature (the stage's setting)"] = trained(every)
+    # The pooled cosine from the query read as a document instead of its query-prompt segment.
+    train_texts = [bench.queries[q] for q in data.query_ids]
+    as_documents = retriever.encode_documents(train_texts)[data.pairs.query_index]
+    features = data.features.clone()
+    features[:, -1] = torch.cosine_similarity(as_documents, data.doc_embs[data.pairs.doc_index])
+    rows["maxsim predictor, pooled cosine from the query as a document (+1 LLM pass)"] = trained(
+        every, features, alternative_sets)
     rows["maxsim predictor, without the pooled cosine"] = trained(every[:-1])
     for i, layer in enumerate(layers):
         rows[f"maxsim predictor, layer {layer} MaxSims only"] = trained([2 * i, 2 * i + 1])
