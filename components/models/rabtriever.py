@@ -530,8 +530,8 @@ def encode_query_tokens(
     answer = torch.zeros(len(queries), model.config.hidden_size)
     pooled = torch.zeros(len(queries), model.config.hidden_size)
     prefix = prefix_cache.token_ids if prefix_cache is not None else []
-    row = rows[0]
-    if len(rows) == 1 and prefix and row[: len(prefix)] == prefix and len(row) > len(prefix):
+    row = rows[0] if len(rows) == 1 else []
+    if prefix and row[: len(prefix)] == prefix and len(row) > len(prefix):
         device, shift = _device(model), len(prefix)
         ids = torch.tensor([row[shift:]], device=device)
         mask = torch.ones(1, len(row), dtype=torch.long, device=device)
