@@ -8,12 +8,12 @@ statistics of the two token sets. For each layer L of `layers`:
     MaxSim_L^idf(q, d) = sum_i idf(t_i) * max_j cos(q_i^L, d_j^L) / sum_i idf(t_i)
     idf(t)             = ln((N + 1) / (df(t) + 0.5))     (df over the N documents it was fit on)
 
-plus the cosine of the two pooled vectors. q_i^L is the state at decoder layer L of the i-th
-token of the query's own segment ("{query_label}: {query}") in the pass that computes the
-query's answer state (no second pass: causal attention keeps the question that follows out of
-these states); d_j^L likewise for the document's segment ("{doc_label}: {document}") in its own
-pass; t_i is the token id. Layer 0 is the token embedding: nothing is stored for it, the states
-are looked up from the token ids.
+plus the cosine of the two pooled vectors. q_i^L is the state of the query's i-th token at
+decoder layer L when the query is read through the document prompt (the context the document
+tokens had; the pass stops at the deepest layer used), t_i its token id. The query's pooled
+vector is the mean final state of its own segment ("{query_label}: {query}") of the query
+prompt, which the pass for its answer state computes anyway. Layer 0 is the token embedding:
+nothing is stored for it, the states are looked up from the token ids.
 
 Why: a probe of the frozen teacher (docs/benchmarks.md, "What the frozen teacher's states hold")
 found that token-by-token comparison of lower-layer states orders candidates far better than any

@@ -522,7 +522,7 @@ def encode_query_tokens(
     context the document tokens had), from a pass only as deep as the deepest layer asked for.
 
     Measured on SciFact (docs/benchmarks.md): token states from the query prompt instead cost
-    0.01-0.02 nDCG@10; the pooled vector from it costs about 0.005 and saves a full pass.
+    about 0.01 nDCG@10; the pooled vector from it costs about 0.005 and saves a full pass.
     With `prefix_cache` and one query, only what follows the cached chat prefix runs."""
     rows = _tokenize(tokenizer, [builder.build_query_prompt(q) for q in queries])
     starts = _prefix_lengths(tokenizer, builder, rows)
@@ -635,7 +635,8 @@ def encode_document_tokens(
 @dataclass
 class QueryEncoding:
     """What scoring needs from one query: its answer-position state (query prompt) and, for the
-    maxsim form, the token states and pooled vector of its own segment of that prompt."""
+    maxsim form, its token states (read as a document) and the pooled vector of its own segment
+    of the query prompt."""
 
     state: torch.Tensor  # [H] pre-norm
     tokens: TokenStates | None = None
@@ -1045,10 +1046,10 @@ __all__ = [
     "QueryEncoding",
     "Rabtriever",
     "RabtrieverScorer",
+    "document_token_states",
     "encode_document_tokens",
     "encode_documents",
     "encode_queries",
-    "document_token_states",
     "encode_query_tokens",
     "final_norm",
     "freeze",
