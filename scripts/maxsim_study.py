@@ -12,9 +12,10 @@ pairs, each on:
 - test: the stage's evaluation queries (BM25 top-K, as `Rabtriever (rerank@K)`).
 
 Rows: each single feature with no training; the maxsim predictor on every feature (the stage's
-setting) and on subsets of them (the other columns' weights held at zero); and a supervised
-ceiling: logistic regression on the dev queries' relevance labels over the same features,
-scored on test. The last shows what any linear use of these features can reach.
+setting), with the query's pooled vector read through the document prompt instead (one more
+LLM pass per query), and on subsets of them (the other columns' weights held at zero); and a
+supervised ceiling: logistic regression on the dev queries' relevance labels over the same
+features, scored on test. The last shows what any linear use of these features can reach.
 """
 
 from __future__ import annotations
