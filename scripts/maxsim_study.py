@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,12 +131,7 @@ def main() -> None:
         train_cfg = JepaTrainParams(
             epochs=cfg.epochs, top_m=cfg.top_m, lr=cfg.lr, batch_size=cfg.batch_size,
             jepa_form=cfg.jepa_form, rkl_weight=cfg.rkl_weight, seed=params.seed)  # fmt: skip
-        original = data.features
-        data.features = subset
-        try:
-            train_predictor(predictor, retriever.scorer, data, train_cfg)
-        finally:
-            data.features = original
+        train_predictor(predictor, retriever.scorer, replace(data, features=subset), train_cfg)
         predictor.eval()
         keep = torch.zeros(len(names))
         keep[columns] = 1.0

@@ -411,15 +411,16 @@ def _own_lengths(tokenizer, builder: PromptBuilder, queries: Sequence[str],
 def _kept_outputs(
     ids: torch.Tensor,
     mask: torch.Tensor,
-    post: torch.Tensor,
+    post: torch.Tensor | None,
     states: Mapping[int, torch.Tensor],
     start: Sequence[int],
     pooling: str,
     stop: Sequence[int] | None = None,
-) -> tuple[torch.Tensor, list[list[int]], dict[int, list[torch.Tensor]]]:
-    """From a padded batch: pooled post-norm states [B, H] (CPU) and, per row, the ids and
-    `states` of the tokens kept: row positions [start, stop) counted over the row's real tokens
-    (stop None: to the end). A row with nothing in range keeps all of its tokens.
+) -> tuple[torch.Tensor | None, list[list[int]], dict[int, list[torch.Tensor]]]:
+    """From a padded batch: pooled post-norm states [B, H] (CPU; None without `post`) and, per
+    row, the ids and `states` of the tokens kept: row positions [start, stop) counted over the
+    row's real tokens (stop None: to the end). A row with nothing in range keeps all of its
+    tokens.
 
     pooling="mean" averages the kept tokens; "last" takes the last kept token's state."""
     position = mask.cumsum(-1) - 1  # index within the row's real tokens; -1 on padding
@@ -432,6 +433,8 @@ def _kept_outputs(
     token_states = {
         layer: [h[j, keep[j]].float().cpu() for j in range(len(ids))] for layer, h in states.items()
     }
+    if post is None:
+        return None, token_ids, token_states
     if pooling == "last":
         columns = torch.arange(keep.shape[1], device=ids.device)
         last = (keep * columns).argmax(-1)
@@ -440,6 +443,33 @@ def _kept_outputs(
         weights = keep.float()[..., None]
         pooled = (post * weights).sum(1) / weights.sum(1)
     return pooled.cpu(), token_ids, token_states
+
+
+class _TokenRows:
+    """Per-text token ids and states, filled batch by batch in any order; `TokenStates` at the end
+    in input order."""
+
+    def __init__(self, n: int, layers: Sequence[int]):
+        self.ids: list[list[int]] = [[] for _ in range(n)]
+        self.states: dict[int, list[torch.Tensor]] = {layer: [torch.zeros(0)] * n
+                                                      for layer in layers}  # fmt: skip
+
+    def put(self, index: Sequence[int], ids: list[list[int]], states) -> None:
+        for j, i in enumerate(index):
+            self.ids[i] = ids[j]
+            for layer, rows in states.items():
+                self.states[layer][i] = rows[j]
+
+    def done(self) -> TokenStates:
+        return TokenStates.from_rows(self.ids, self.states)
+
+
+def document_token_ids(tokenizer, builder: PromptBuilder, texts: Sequence[str]) -> list[list[int]]:
+    """The ids of each text's own tokens in `build_document_prompt` (after the chat prefix):
+    what the token states are kept for, and what the IDF table is fitted on. No LLM pass."""
+    rows = _tokenize(tokenizer, [builder.build_document_prompt(t) for t in texts])
+    skip = _prefix_lengths(tokenizer, builder, rows)
+    return [row[n:] for row, n in zip(rows, skip, strict=True)]
 
 
 @dataclass
@@ -570,24 +600,18 @@ def document_token_states(
     `build_document_prompt`, the tokens after the chat prefix, as `encode_document_tokens`
     keeps them; the pass stops at the deepest layer asked for (none: no pass at all)."""
     stored = [layer for layer in layers if layer > 0]
+    if not stored:
+        return TokenStates.from_rows(document_token_ids(tokenizer, builder, texts), {})
     rows = _tokenize(tokenizer, [builder.build_document_prompt(t) for t in texts])
     skip = _prefix_lengths(tokenizer, builder, rows)
-    if not stored:
-        return TokenStates.from_rows([row[n:] for row, n in zip(rows, skip, strict=True)], {})
-    token_ids: list[list[int]] = [[] for _ in texts]
-    token_states: dict[int, list[torch.Tensor]] = {layer: [torch.zeros(0)] * len(texts)
-                                                   for layer in stored}  # fmt: skip
+    out = _TokenRows(len(texts), stored)
     for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
         states = _layer_states(model, ids, mask, stored, autocast_bf16)
-        no_post = torch.zeros(len(index), ids.shape[1], 1, device=ids.device)
         _, kept_ids, kept_states = _kept_outputs(
-            ids, mask, no_post, states, [skip[i] for i in index], "mean"
+            ids, mask, None, states, [skip[i] for i in index], "mean"
         )
-        for j, i in enumerate(index):
-            token_ids[i] = kept_ids[j]
-            for layer in stored:
-                token_states[layer][i] = kept_states[layer][j]
-    return TokenStates.from_rows(token_ids, token_states)
+        out.put(index, kept_ids, kept_states)
+    return out.done()
 
 
 @torch.inference_mode()
@@ -608,10 +632,7 @@ def encode_document_tokens(
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     out = torch.zeros(len(documents), model.config.hidden_size)
     stored = [layer for layer in layers if layer > 0]
-    token_ids: list[list[int]] = [[] for _ in documents]
-    token_states: dict[int, list[torch.Tensor]] = {
-        layer: [torch.zeros(0)] * len(documents) for layer in stored
-    }
+    tokens = _TokenRows(len(documents), stored)
     rows = _tokenize(tokenizer, [builder.build_document_prompt(d) for d in documents])
     skip = _prefix_lengths(tokenizer, builder, rows)
     for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
@@ -620,11 +641,8 @@ def encode_document_tokens(
             ids, mask, post, states, [skip[i] for i in index], pooling
         )
         out[index] = pooled
-        for j, i in enumerate(index):
-            token_ids[i] = kept_ids[j]
-            for layer in stored:
-                token_states[layer][i] = kept_states[layer][j]
-    return out, TokenStates.from_rows(token_ids, token_states)
+        tokens.put(index, kept_ids, kept_states)
+    return out, tokens.done()
 
 
 # --------------------------------------------------------------------------------------------
@@ -759,9 +777,7 @@ class Rabtriever:
     def document_token_ids(self, documents: Sequence[str]) -> list[list[int]]:
         """The token ids `encode_document_tokens` keeps per document (no LLM pass): what the
         IDF table is fitted on."""
-        rows = _tokenize(self.tokenizer, [self.prompts.build_document_prompt(d) for d in documents])
-        skip = _prefix_lengths(self.tokenizer, self.prompts, rows)
-        return [row[n:] for row, n in zip(rows, skip, strict=True)]
+        return document_token_ids(self.tokenizer, self.prompts, documents)
 
     def fit_idf(self, documents: Sequence[str]) -> None:
         """Fit the maxsim predictor's IDF table on these documents (the corpus to be indexed)."""
@@ -1046,6 +1062,7 @@ __all__ = [
     "QueryEncoding",
     "Rabtriever",
     "RabtrieverScorer",
+    "document_token_ids",
     "document_token_states",
     "encode_document_tokens",
     "encode_documents",
