@@ -99,9 +99,12 @@ class PrefectAPI:
         return {r["name"].split("-")[0]: r for r in runs}
 
     def logs(self, flow_run_id: str, timeout_s: float = 30) -> str:
-        """The run's log lines. A run's state reaches the server before its last log batch,
-        so wait for the engine's closing line."""
+        """The run's log lines. A run's state reaches the server before its last log batches,
+        and a late batch can land after the engine's closing line (seen once in CI: the
+        pipeline's final "stages: ..." line was missing), so wait for that closing line and
+        then until no new line has come for 3 s."""
         deadline = time.monotonic() + timeout_s
+        count, steady_since = -1, time.monotonic()
         while True:
             lines, offset = [], 0
             while True:
@@ -113,7 +116,10 @@ class PrefectAPI:
                     break
                 offset += 200
             text = "\n".join(lines)
-            if (lines and lines[-1].startswith("Finished in state")) or (
+            if len(lines) != count:
+                count, steady_since = len(lines), time.monotonic()
+            finished = any(line.startswith("Finished in state") for line in lines)
+            if (finished and time.monotonic() - steady_since >= 3) or (
                     time.monotonic() > deadline):
                 return text
             time.sleep(1)
