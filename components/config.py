@@ -185,11 +185,11 @@ class DGRParams(Section):
     batch_size: int = Field(8, ge=1)
     max_doc_tokens: int = Field(48, ge=8)
     stage1_steps: int = Field(50, ge=1)
-    stage2_steps: int = Field(12, ge=1)
+    stage2_steps: int = Field(32, ge=1)
     checkpoint_every: int = Field(20, ge=1)
     num_passages: int = Field(8, ge=2)
     sampling: Literal["top", "top_random"] = "top"
-    distill_loss: Literal["ranknet", "listwise_kl"] = "ranknet"
+    distill_loss: Literal["ranknet", "listwise_kl", "none"] = "ranknet"
     distill_view: IdentifierView = "ngram"
     alpha: float = Field(1.0, ge=0)
     temperature: float = Field(1.0, gt=0)

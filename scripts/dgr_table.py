@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/dgr_table.py [--stage1-steps 50] [--queries 20] \
         [--teachers teacher bm25] [--losses ranknet listwise_kl] [--params params.yaml] \
-        [--views title span --distill-view title]
+        [--views title span --distill-view title] [--out dgr_table_100q]
 
 Needs the pipeline's `distill_dgr` outputs (identifiers.json, trie.json) and the train-split
 rank lists of every named teacher run (`outputs/<dataset>/runs/<teacher>/<train split>.trec`).
@@ -11,7 +11,9 @@ views weighted 1; `--distill-view` names the one stage 2 scores passages by).
 Trains stage 1 (GR) once, then stage 2 (DGR) from that model for each teacher x loss, all with
 the same seed and the `dgr` parameters otherwise; decodes the first `--queries` of the
 evaluation sample with each model and reports nDCG@10 (pytrec_eval), R@10 and the paired
-t-test of each DGR against GR. Writes `outputs/<dataset>/dgr_table/table.{md,json}`.
+t-test of each DGR against GR. The loss `none` is the control: stage 2's steps on the
+generation term alone. Writes `outputs/<dataset>/dgr_table/table.{md,json}` (or the `--out`
+folder there; the JSON holds every model's per-query nDCG@10 for further paired tests).
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def main() -> None:
                         help="identifier views (default: the stage's identifiers, dgr.views)")
     parser.add_argument("--distill-view", default=None,
                         help="view stage 2 scores passages by (default: dgr.distill_view)")
+    parser.add_argument("--out", default=None,
+                        help="output folder under outputs/<dataset> (default: dgr_table)")
     args = parser.parse_args()
     params = load_params(args.params)
     cfg, layout = params.dgr, Layout(params.data.name)
@@ -101,6 +105,8 @@ def main() -> None:
             doc_ids=doc_ids)
         build_trie(index, load_tokenizer(layout.base_model)).save(dgr_dir / "trie.json")
         index.save(dgr_dir / "identifiers.json")
+    if args.out:
+        out = layout.root / args.out
     index = IdentifierIndex.load(dgr_dir / "identifiers.json")
 
     train_split, split = params.data.train_split, params.data.test_split
@@ -130,8 +136,9 @@ def main() -> None:
     gr, gr_seconds = evaluate(out / "gr_model", dgr_dir, config, test_queries, test_qrels,
                               cfg.num_beams)
     rows = [{"teacher": "—", "loss": "— (GR, stage 1 only)", "seconds_per_query": gr_seconds,
-             **{m: mean_metrics({m: gr[m]})[m] for m in METRICS}, "p_vs_gr": None}]
-    print(rows[-1], flush=True)
+             **{m: mean_metrics({m: gr[m]})[m] for m in METRICS}, "p_vs_gr": None,
+             "per_query_ndcg_cut_10": gr["ndcg_cut_10"]}]
+    print({k: v for k, v in rows[-1].items() if not k.startswith("per_query")}, flush=True)
     for teacher in args.teachers:
         run = {q: teacher_runs[teacher][q] for q in train_qids if q in teacher_runs[teacher]}
         for loss in args.losses:
@@ -145,8 +152,8 @@ def main() -> None:
             p_value, _ = compare(dgr["ndcg_cut_10"], gr["ndcg_cut_10"])
             rows.append({"teacher": teacher, "loss": loss, "seconds_per_query": seconds,
                          **{m: mean_metrics({m: dgr[m]})[m] for m in METRICS},
-                         "p_vs_gr": p_value})
-            print(rows[-1], flush=True)
+                         "p_vs_gr": p_value, "per_query_ndcg_cut_10": dgr["ndcg_cut_10"]})
+            print({k: v for k, v in rows[-1].items() if not k.startswith("per_query")}, flush=True)
 
     lines = [f"DGR on `{params.data.name}` {split}, first {len(qids)} queries of the evaluation "
              f"sample; stage 1 {stage1_steps} steps, stage 2 {cfg.stage2_steps} steps, "

@@ -16,9 +16,11 @@ the rarest words with the query: the one the model would generate), and
     loss = distill(student scores, teacher order / scores) + alpha * generation loss,
 
 with distill = distilled RankNet (`components.losses.ranknet`) or listwise KL
-(`components.losses.listwise_kl`), and the generation loss the stage-1 cross-entropy of the first
+(`components.losses.listwise_kl`), or none (the control: stage 2's steps and batches on the
+generation term alone), and the generation loss the stage-1 cross-entropy of the first
 passage's identifier (the labelled positive, or the teacher's top passage). The teacher is any
-run, so BM25 or a dense run can stand in for the LLM reranker.
+run, so BM25 or a dense run can stand in for the LLM reranker. A list's m identifiers share
+its query's prompt, which runs once per step (`shared_prompt_logprobs`).
 
 Both stages share one plain torch loop (AdamW, linear warmup/decay, gradient clipping). Data
 order is a function of (seed, epoch) alone and the step count fixes the position, so a resumed
@@ -42,7 +44,12 @@ from torch import nn
 
 from components.atomic import atomic_path
 from components.dgr.identifiers import SEMANTIC_ID, Corpus, IdentifierIndex
-from components.dgr.retriever import QueryPrompt, make_lm_batch, target_logprobs
+from components.dgr.retriever import (
+    QueryPrompt,
+    make_lm_batch,
+    shared_prompt_logprobs,
+    target_logprobs,
+)
 from components.dgr.trie import encode_identifier
 from components.losses.listwise_kl import listwise_kl
 from components.losses.ranknet import distilled_ranknet
@@ -77,7 +84,7 @@ class DGRTrainParams:
     num_passages: int = 8  # m: passages per query list
     sampling: Literal["top", "top_random"] = "top"
     sampling_top: int = 4  # top_random: the teacher's top-a, then random ones from the rest
-    distill_loss: Literal["ranknet", "listwise_kl"] = "ranknet"
+    distill_loss: Literal["ranknet", "listwise_kl", "none"] = "ranknet"  # none: a control
     distill_view: str = SEMANTIC_ID
     alpha: float = 1.0  # weight of the generation loss
     temperature: float = 1.0
@@ -89,8 +96,10 @@ class DGRTrainParams:
             raise ValueError(f"train_mode must be full or top_layers, got {self.train_mode!r}")
         if self.sampling not in ("top", "top_random"):
             raise ValueError(f"sampling must be top or top_random, got {self.sampling!r}")
-        if self.distill_loss not in ("ranknet", "listwise_kl"):
-            raise ValueError(f"distill_loss must be ranknet/listwise_kl: {self.distill_loss!r}")
+        if self.distill_loss not in ("ranknet", "listwise_kl", "none"):
+            raise ValueError(
+                f"distill_loss must be ranknet/listwise_kl/none: {self.distill_loss!r}"
+            )
         if self.batch_size < 1 or self.num_passages < 1:
             raise ValueError("batch_size and num_passages must be >= 1")
 
@@ -295,15 +304,15 @@ class _Stage2:
         p = self.params
         lists = self.lists(epoch)  # as many per epoch: only the sampled negatives change
         batch = [lists[i] for i in indices]
-        prompts, targets = [], []
-        for item in batch:
-            prompt = self.prompt.encode([item.query])[0]
+        prompts = self.prompt.encode([item.query for item in batch])
+        targets, owners = [], []
+        for b, item in enumerate(batch):
             for doc_id in item.doc_ids:
                 identifier = self.index.targets(p.distill_view, doc_id, item.query, limit=1)[0]
-                prompts.append(prompt)
                 targets.append(encode_identifier(self.tokenizer, p.distill_view, identifier))
-        logprobs, mask = target_logprobs(
-            model, make_lm_batch(prompts, targets, self.tokenizer.pad_token_id)
+                owners.append(b)
+        logprobs, mask = shared_prompt_logprobs(
+            model, prompts, targets, owners, self.tokenizer.pad_token_id
         )
         flat_scores = logprobs.sum(-1)
         width = max(len(item.doc_ids) for item in batch)
@@ -320,8 +329,10 @@ class _Stage2:
             offset += n
         if p.distill_loss == "ranknet":
             distill = distilled_ranknet(scores, p.temperature, p.margin, p.pair_weighting, real)
-        else:
+        elif p.distill_loss == "listwise_kl":
             distill = listwise_kl(scores, teacher, p.temperature, mask=real)
+        else:  # "none": the same steps on the generation term alone, to show what distilling adds
+            distill = scores.new_zeros(())
         # Generation term: the stage-1 cross-entropy of each list's first (best) passage.
         generation = -logprobs[first_rows].sum() / mask[first_rows].sum().clamp_min(1)
         loss = distill + p.alpha * generation

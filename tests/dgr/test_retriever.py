@@ -126,3 +126,37 @@ def test_identifier_logprob_has_gradients(retriever, tokenizer):
     grad = retriever.model.get_input_embeddings().weight.grad
     assert grad is not None and grad.abs().sum() > 0
     retriever.model.zero_grad(set_to_none=True)
+
+
+def test_shared_prompt_logprobs_equal_one_row_per_pair(tiny_model, tokenizer, identifier_index):
+    """Running each prompt once and expanding its cache scores targets as the full rows do,
+    with gradients (stage 2 trains through it)."""
+    from components.dgr.retriever import (
+        QueryPrompt,
+        make_lm_batch,
+        shared_prompt_logprobs,
+        target_logprobs,
+    )
+
+    prompt = QueryPrompt(tokenizer)
+    prompts = prompt.encode(["apple river", "a much longer query about the copper engine"])
+    targets = [
+        encode_identifier(tokenizer, view, identifier_index.identifiers(view, doc)[0])
+        for view, doc in [("ngram", "d03"), ("title", "d04"), ("semantic_id", "d05")]
+    ]
+    owners = [0, 1, 1]
+    shared, shared_mask = shared_prompt_logprobs(
+        tiny_model, prompts, targets, owners, tokenizer.pad_token_id
+    )
+    full, full_mask = target_logprobs(
+        tiny_model,
+        make_lm_batch([prompts[o] for o in owners], targets, tokenizer.pad_token_id),
+    )
+    # target_logprobs aligns targets right, the shared scorer left: compare per-row sums and
+    # the token values in order.
+    for i, target in enumerate(targets):
+        assert shared_mask[i].sum() == full_mask[i].sum() == len(target)
+        torch.testing.assert_close(
+            shared[i][shared_mask[i]], full[i][full_mask[i]], atol=1e-4, rtol=1e-4
+        )
+    assert shared.requires_grad

@@ -166,3 +166,24 @@ def test_stage2_distillation_increases_agreement_with_the_teacher(
     after = agreement(load_causal_lm(result.output_dir), tokenizer, trie, identifier_index, teacher)
     # Deterministic on CPU; measured here: ranknet -0.1 -> 0.8, listwise_kl -0.1 -> 0.4.
     assert after >= floor and after >= before + 0.4, (before, after)
+
+
+def test_control_loss_is_the_generation_term_alone(tiny_model, tokenizer, identifier_index):
+    """distill_loss="none" keeps stage 2's batches and generation term and drops distillation:
+    the control that shows what the teacher's order adds."""
+    from components.dgr.training import _Stage2
+
+    teacher = teacher_fixture(identifier_index)
+    losses = {}
+    for name in ("none", "ranknet"):
+        params = DGRTrainParams(num_passages=5, distill_loss=name, alpha=0.5)
+        def make_lists(epoch, p=params):
+            return stage2_lists(QUERIES, teacher, identifier_index, p, epoch=epoch)
+
+        task = _Stage2(make_lists, tokenizer, identifier_index, params)
+        with torch.no_grad():
+            losses[name] = task.loss(tiny_model, [0, 1], 0)
+    (none, none_parts), (_, ranknet_parts) = losses["none"], losses["ranknet"]
+    assert none_parts["distill"] == 0.0 and ranknet_parts["distill"] > 0.0
+    assert none_parts["generation"] == pytest.approx(ranknet_parts["generation"])
+    assert none.item() == pytest.approx(0.5 * none_parts["generation"])
