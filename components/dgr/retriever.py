@@ -140,7 +140,13 @@ def target_logprobs(model: nn.Module, batch: LMBatch) -> tuple[torch.Tensor, tor
         logits_to_keep=width + 1,
     )
     logits = out.logits[:, :-1].float()  # position t predicts token t + 1
-    labels = batch.labels[:, -width:].to(device)
+    return _label_logprobs(logits, batch.labels[:, -width:].to(device))
+
+
+def _label_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([N, L] log p of each label (0 where it is -100), [N, L] mask) from [N, L, V] logits."""
     nll = nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
         labels.reshape(-1),
@@ -196,14 +202,7 @@ def shared_prompt_logprobs(
             use_cache=True,
         )
         logits = torch.cat([logits, rest.logits.float()], dim=1)
-    labels = labels.to(device)
-    nll = nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=-100,
-        reduction="none",
-    )
-    return -nll.view(labels.shape), labels != -100
+    return _label_logprobs(logits, labels.to(device))
 
 
 def sequence_logprobs(
