@@ -311,8 +311,10 @@ class GenerativeRetriever:
             if not identifiers:
                 raise KeyError(f"passage {doc_id!r} has no identifier in view {view!r}")
             targets.append(encode_identifier(self.tokenizer, view, identifiers[0]))
-        prompt = self.prompt.encode([query])[0]
-        return sequence_logprobs(self.model, [prompt] * len(targets), targets, self.pad_id)
+        logprobs, _ = shared_prompt_logprobs(
+            self.model, self.prompt.encode([query]), targets, [0] * len(targets), self.pad_id
+        )
+        return logprobs.sum(-1)
 
     @torch.inference_mode()
     def generate_identifiers(
