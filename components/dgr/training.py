@@ -20,7 +20,9 @@ with distill = distilled RankNet (`components.losses.ranknet`) or listwise KL
 generation term alone), and the generation loss the stage-1 cross-entropy of the first
 passage's identifier (the labelled positive, or the teacher's top passage). The teacher is any
 run, so BM25 or a dense run can stand in for the LLM reranker. A list's m identifiers share
-its query's prompt, which runs once per step (`shared_prompt_logprobs`).
+its query's prompt, which runs once per step (`shared_prompt_logprobs`); in `top_layers` mode
+the frozen layers' states of each (prompt, identifier) row are computed once and reused every
+epoch, so a step runs only the trainable layers (`components.dgr.frozen_trunk`).
 
 Both stages share one plain torch loop (AdamW, linear warmup/decay, gradient clipping). Data
 order is a function of (seed, epoch) alone and the step count fixes the position, so a resumed
@@ -43,6 +45,7 @@ import torch
 from torch import nn
 
 from components.atomic import atomic_path
+from components.dgr.frozen_trunk import FrozenTrunk
 from components.dgr.identifiers import SEMANTIC_ID, Corpus, IdentifierIndex
 from components.dgr.retriever import (
     QueryPrompt,
@@ -90,6 +93,8 @@ class DGRTrainParams:
     temperature: float = 1.0
     margin: float = 0.0  # ranknet only
     pair_weighting: Literal["dgr", "delta", "uniform"] = "dgr"  # ranknet only
+    # top_layers mode: compute the frozen layers' states of each stage-2 row once (same scores).
+    cache_frozen_states: bool = True
 
     def __post_init__(self):
         if self.train_mode not in ("full", "top_layers"):
@@ -291,6 +296,17 @@ class _Stage2:
         self._epoch, self._lists = 0, make_lists(0)
         if not self._lists:
             raise ValueError("stage 2 needs at least one query with >= 2 scorable passages")
+        self._trunk_model: nn.Module | None = None
+        self._trunk: FrozenTrunk | None = None
+
+    def _trunk_for(self, model: nn.Module) -> FrozenTrunk | None:
+        """The frozen-trunk scorer of `model` (made on its first step), or None where it trains
+        below its top layers or `cache_frozen_states` is off."""
+        if self._trunk_model is not model:
+            self._trunk_model = model
+            use = self.params.cache_frozen_states
+            self._trunk = FrozenTrunk.for_model(model) if use else None
+        return self._trunk
 
     def __len__(self) -> int:
         return len(self._lists)
@@ -311,9 +327,11 @@ class _Stage2:
                 identifier = self.index.targets(p.distill_view, doc_id, item.query, limit=1)[0]
                 targets.append(encode_identifier(self.tokenizer, p.distill_view, identifier))
                 owners.append(b)
-        logprobs, mask = shared_prompt_logprobs(
-            model, prompts, targets, owners, self.tokenizer.pad_token_id
-        )
+        trunk, pad_id = self._trunk_for(model), self.tokenizer.pad_token_id
+        if trunk is not None:
+            logprobs, mask = trunk.logprobs(prompts, targets, owners, pad_id)
+        else:
+            logprobs, mask = shared_prompt_logprobs(model, prompts, targets, owners, pad_id)
         flat_scores = logprobs.sum(-1)
         width = max(len(item.doc_ids) for item in batch)
         scores = flat_scores.new_zeros(len(batch), width)
