@@ -176,6 +176,7 @@ class DGRParams(Section):
     views: list[IdentifierView] = ["ngram"]
     view_weights: dict[str, float] = {"ngram": 1.0}
     eval_queries: int = Field(20, ge=0)
+    latency_queries: int = Field(10, ge=1)
     semantic_dims: int = Field(64, ge=2)
     ngram_words: int = Field(3, ge=1)
     teacher_run: str = "teacher"

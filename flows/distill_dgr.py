@@ -151,20 +151,30 @@ def distill_dgr(params_path: str = "params.yaml") -> dict:
         qids = qids[: cfg.eval_queries or None]
         test_queries = {q: queries[q] for q in qids}
         config = RetrieverConfig(view_weights=dict(cfg.view_weights), batch_size=cfg.batch_size)
+        timed = qids[: cfg.latency_queries]
+        rest = {q: test_queries[q] for q in qids[len(timed):]}
         for system, model_dir in (("gr", out / "gr_model"), ("dgr", out / "dgr_model")):
             retriever = GenerativeRetriever.from_pretrained(
                 model_dir, out / "trie.json", out / "identifiers.json", config)
-            # One query at a time: each call's wall time is the decoding latency a user sees.
+            # The first `dgr.latency_queries` one at a time: each call's wall time is the
+            # decoding latency a user sees. The rest in batches of `dgr.batch_size`: the same
+            # beams per query, fewer passes over the weights.
             ranked, seconds = time_each(
-                qids, lambda q, r=retriever: r.search({q: test_queries[q]}, k=cfg.num_beams)[q])
-            run = dict(zip(qids, ranked, strict=True))
-            metrics[f"{system}_ms_per_query"] = 1000 * sum(seconds) / len(qids)
+                timed, lambda q, r=retriever: r.search({q: test_queries[q]}, k=cfg.num_beams)[q])
+            run = dict(zip(timed, ranked, strict=True))
+            started = time.perf_counter()
+            run.update(retriever.search(rest, k=cfg.num_beams))
+            batched = time.perf_counter() - started
+            metrics[f"{system}_ms_per_query"] = 1000 * sum(seconds) / len(timed)
+            if rest:
+                metrics[f"{system}_batched_ms_per_query"] = 1000 * batched / len(rest)
             write_trec_run(layout.run_dir(system) / f"{split}.trec", run, system.upper())
             write_cost(layout.run_dir(system), seconds,
                        folder_bytes(out / "trie.json", out / "identifiers.json"),
                        f"identifier trie + identifier map ({', '.join(cfg.views)})")
-            print(f"{system}: decoded {len(qids)} queries, "
-                  f"{metrics[f'{system}_ms_per_query']:.0f} ms/query")
+            print(f"{system}: decoded {len(qids)} queries; one at a time "
+                  f"{metrics[f'{system}_ms_per_query']:.0f} ms/query ({len(timed)}), in batches "
+                  f"{metrics.get(f'{system}_batched_ms_per_query', 0):.0f} ms/query ({len(rest)})")
         write_text_atomic(out / "summary.json", json.dumps(metrics, indent=2))
         mlflow.log_metrics(metrics)
         info = log_dgr_model(out / "dgr_model", out / "trie.json", out / "identifiers.json",

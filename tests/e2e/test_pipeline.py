@@ -54,6 +54,9 @@ def test_pipeline_produces_outputs_and_metrics(pipeline_result):
     assert {"BM25", "BM25 → teacher", "Rabtriever (rerank@K)", "Rabtriever (full corpus)",
             "BM25 (same corpus subset)", "GR (no distillation)", "DGR"} <= set(
         metrics["test"][subset])
+    # 4 queries decoded one at a time (timed), the other 6 in batches: all 10 in the run.
+    assert metrics["test"][subset]["DGR"]["queries"] == 10
+    assert json.loads((out / "runs/dgr/cost.json").read_text())["latency"]["queries"] == 4
 
 
 def test_mlflow_groups_stage_runs_under_the_pipeline_run(pipeline_result):
