@@ -5,8 +5,8 @@ embeddings, the layers below and the LM head (tied to the embeddings) stay froze
 that enter the first trainable layer are then a fixed function of the token ids. Stage 2 scores
 the same (query prompt, passage identifier) rows every epoch, so `FrozenTrunk` computes those
 states once, on the step that first needs them, and every later step runs only the trainable
-layers: with 6 of 30 layers trainable a step costs about half as much (the backward pass and the
-LM head are the same).
+layers: with 6 of 30 layers trainable a step costs 1.7x less on CPU (the backward pass and the
+LM head stay; `scripts/bench_dgr_stage2.py`).
 
 The scores are those of `retriever.shared_prompt_logprobs` (the prompt runs once, its key/value
 cache is expanded to its identifiers), split at the first trainable layer:
@@ -28,7 +28,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from components.dgr.retriever import _label_logprobs
+from components.dgr.retriever import label_logprobs
 from components.models.reranker import left_pad
 
 Ids = tuple[int, ...]
@@ -224,4 +224,4 @@ class FrozenTrunk:
             )
             finals.append(self.decoder.norm(hidden))
         logits = self.model.get_output_embeddings()(torch.cat(finals, dim=1)).float()
-        return _label_logprobs(logits, labels.to(device))
+        return label_logprobs(logits, labels.to(device))

@@ -140,10 +140,10 @@ def target_logprobs(model: nn.Module, batch: LMBatch) -> tuple[torch.Tensor, tor
         logits_to_keep=width + 1,
     )
     logits = out.logits[:, :-1].float()  # position t predicts token t + 1
-    return _label_logprobs(logits, batch.labels[:, -width:].to(device))
+    return label_logprobs(logits, batch.labels[:, -width:].to(device))
 
 
-def _label_logprobs(
+def label_logprobs(
     logits: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """([N, L] log p of each label (0 where it is -100), [N, L] mask) from [N, L, V] logits."""
@@ -202,7 +202,7 @@ def shared_prompt_logprobs(
             use_cache=True,
         )
         logits = torch.cat([logits, rest.logits.float()], dim=1)
-    return _label_logprobs(logits, labels.to(device))
+    return label_logprobs(logits, labels.to(device))
 
 
 def sequence_logprobs(
