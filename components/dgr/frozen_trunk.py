@@ -28,7 +28,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from components.dgr.retriever import label_logprobs
+from components.dgr.retriever import label_logprobs, target_labels
 from components.models.reranker import left_pad
 
 Ids = tuple[int, ...]
@@ -149,28 +149,27 @@ class FrozenTrunk:
         for b, row, mask in zip(needed, hidden, attention_mask.bool(), strict=True):
             self._prompts[prompts[b]] = row[mask].clone()
         owner = torch.as_tensor([slot[owners[i]] for i in missing], device=device)
-        fed = [list(targets[i][:-1]) for i in missing]  # the last token is predicted, not fed
-        width = max(len(f) for f in fed)
-        if width == 0:  # one-token targets: nothing is fed after the prompt
-            for i in missing:
-                self._targets[(prompts[owners[i]], targets[i])] = hidden[0, :0].clone()
-            return
-        cache.reorder_cache(owner)
-        feed_ids = torch.tensor([f + [pad_id] * (width - len(f)) for f in fed], device=device)
-        feed_mask = (torch.arange(width) < torch.tensor([[len(f)] for f in fed])).long()
-        feed_mask = feed_mask.to(device)
-        lengths = attention_mask.sum(-1).index_select(0, owner)
-        states = _run_layers(
-            self.decoder,
-            self.decoder.embed_tokens(feed_ids),
-            torch.cat([attention_mask.index_select(0, owner), feed_mask], dim=1),
-            lengths[:, None] + torch.arange(width, device=device),
-            cache,
-            0,
-            self.k,
-        )
-        for n, i in enumerate(missing):
-            self._targets[(prompts[owners[i]], targets[i])] = states[n, : len(fed[n])].clone()
+        # As in `shared_prompt_logprobs`: every column but the last is fed (a shorter target's
+        # last token too, unscored: causal attention keeps it out of the states kept below).
+        fed = target_labels([targets[i] for i in missing])[:, :-1]
+        feed_mask = fed != -100
+        if fed.shape[1] == 0:  # one-token targets: nothing is fed after the prompt
+            states = hidden.new_zeros(len(missing), 0, hidden.shape[-1])
+        else:
+            cache.reorder_cache(owner)
+            lengths = attention_mask.sum(-1).index_select(0, owner)
+            states = _run_layers(
+                self.decoder,
+                self.decoder.embed_tokens(torch.where(feed_mask, fed, pad_id).to(device)),
+                torch.cat([attention_mask.index_select(0, owner), feed_mask.long().to(device)], 1),
+                lengths[:, None] + torch.arange(fed.shape[1], device=device),
+                cache,
+                0,
+                self.k,
+            )
+        for n, i in enumerate(missing):  # the states of all but the target's last token
+            key = (prompts[owners[i]], targets[i])
+            self._targets[key] = states[n, : len(targets[i]) - 1].clone()
 
     def logprobs(
         self,
@@ -203,10 +202,8 @@ class FrozenTrunk:
         )
         owner = torch.as_tensor(owners, dtype=torch.long, device=device)
         last = self.decoder.norm(hidden[:, -1:]).index_select(0, owner)
-        width = max(len(t) for t in targets)
-        labels = torch.full((len(targets), width), -100, dtype=torch.long)
-        for i, target in enumerate(targets):
-            labels[i, : len(target)] = torch.as_tensor(target, dtype=torch.long)
+        labels = target_labels(targets)
+        width = labels.shape[1]
         finals = [last]
         if width > 1:
             cache.reorder_cache(owner)

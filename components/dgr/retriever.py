@@ -156,6 +156,15 @@ def label_logprobs(
     return -nll.view(labels.shape), labels != -100
 
 
+def target_labels(targets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """[N, L] target token ids left-aligned, -100 after each (L the longest target). Row i minus
+    its last column is what is fed after prompt i; the pads there are never scored."""
+    labels = torch.full((len(targets), max(len(t) for t in targets)), -100, dtype=torch.long)
+    for i, target in enumerate(targets):
+        labels[i, : len(target)] = torch.as_tensor(list(target), dtype=torch.long)
+    return labels
+
+
 def shared_prompt_logprobs(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -181,10 +190,8 @@ def shared_prompt_logprobs(
     )
     owner = torch.as_tensor(list(owners), dtype=torch.long)
     first = out.logits[:, -1].float().index_select(0, owner.to(device))  # predicts token 0
-    width = max(len(t) for t in targets)
-    labels = torch.full((len(targets), width), -100, dtype=torch.long)
-    for i, target in enumerate(targets):
-        labels[i, : len(target)] = torch.as_tensor(list(target), dtype=torch.long)
+    labels = target_labels(targets)
+    width = labels.shape[1]
     logits = first.unsqueeze(1)
     if width > 1:
         # Every target token but the last is fed after its prompt; pads (right) are never scored.
