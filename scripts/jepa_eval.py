@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ from components.data.beir import BeirDataset, load_beir
 from components.data.sampling import sample_query_ids
 from components.evaluation.metrics import mean_metrics, per_query_metrics
 from components.layout import Layout
+from components.models.late_interaction import TokenStates
 from components.models.rabtriever import Predictor, QueryEncoding, Rabtriever
 from components.runs import Run, read_trec_run
 from components.training.jepa_trainer import JepaTrainingData
@@ -60,19 +62,27 @@ class StudentBench:
 
     def stage_training_data(self) -> JepaTrainingData:
         """The `distill_jepa` stage's training data (its cached teacher states)."""
-        data, _ = teacher_training_data(
+        return self.stage_training_pools()[0]
+
+    def stage_training_pools(self) -> tuple[JepaTrainingData, TokenStates | None]:
+        """The stage's training data and its pool documents' token states (maxsim)."""
+        return teacher_training_data(
             self.retriever, self.layout.rank_lists_dir, self.params.data.train_split,
             self.queries, self.texts, self.params.jepa.encode_batch_size)  # fmt: skip
-        return data
 
     def fresh_predictor(self) -> Predictor:
         """An untrained predictor as the stage builds it (same seed, same shape)."""
         cfg = self.params.jepa
         torch.manual_seed(self.params.seed)
         trained = self.retriever.predictor
-        predictor = Predictor(self.retriever.model.config.hidden_size, width=cfg.predictor_width,
-                              depth=cfg.predictor_depth, form=cfg.predictor_form,
-                              layers=cfg.maxsim_layers, vocab_size=trained.vocab_size)
+        predictor = Predictor(
+            self.retriever.model.config.hidden_size,
+            width=cfg.predictor_width,
+            depth=cfg.predictor_depth,
+            form=cfg.predictor_form,
+            layers=cfg.maxsim_layers,
+            vocab_size=trained.vocab_size,
+        )
         if predictor.uses_tokens:  # the stage's IDF table (fitted on the indexed corpus)
             predictor.idf.copy_(trained.idf)
         return predictor
@@ -90,3 +100,62 @@ class StudentBench:
             run[qid] = list(zip(cands, scores.tolist(), strict=True))
         metrics = per_query_metrics(run, self.qrels, ["ndcg_cut_10"], self.qids)
         return mean_metrics(metrics)["ndcg_cut_10"]
+
+
+@dataclass
+class RerankSplit:
+    """Queries whose BM25 top-K a study reranks: candidates per query and their qrels."""
+
+    qids: list[str]
+    cands: dict[str, list[str]]
+    qrels: dict[str, dict[str, int]]
+
+
+class CandidateStates:
+    """Pooled vectors and token states of candidate documents: from the stage's index, or
+    encoded here once for the documents outside it."""
+
+    def __init__(self, bench: StudentBench, doc_ids: set[str]):
+        retriever = bench.retriever
+        self.retriever = retriever
+        self.index_rows = {d: i for i, d in enumerate(retriever.doc_ids)}
+        self.missing = sorted(set(doc_ids) - set(self.index_rows))
+        self.extra_rows = {d: i for i, d in enumerate(self.missing)}
+        self.embs, self.tokens = retriever.encode_corpus([bench.texts[d] for d in self.missing])
+
+    def get(self, docs: list[str]) -> tuple[torch.Tensor, TokenStates]:
+        """(pooled [n, H], token states) of these documents, in order."""
+        embs, tokens = [], []
+        for d in docs:
+            if d in self.index_rows:
+                i = self.index_rows[d]
+                embs.append(self.retriever.doc_embeddings[i])
+                tokens.append(self.retriever.doc_tokens.select([i]))
+            else:
+                embs.append(self.embs[self.extra_rows[d]])
+                tokens.append(self.tokens.select([self.extra_rows[d]]))
+        return torch.stack(embs), TokenStates.concat(tokens)
+
+
+def test_split(bench: StudentBench) -> RerankSplit:
+    """The stage's evaluation queries and BM25 top-K, as `Rabtriever (rerank@K)` reranks them."""
+    cands = {q: [d for d, _ in bench.bm25.get(q, [])[: bench.depth]] for q in bench.qids}
+    return RerankSplit(bench.qids, cands, bench.qrels)
+
+
+def dev_split(bench: StudentBench, data: JepaTrainingData, n: int) -> RerankSplit:
+    """`n` training queries the distillation did not use (seeded sample) with their BM25 top-K
+    from the train run: where choices can be made without looking at test."""
+    params = bench.params
+    train_run = read_trec_run(bench.layout.run_dir("bm25") / f"{params.data.train_split}.trec")[0]
+    qrels = bench.dataset.qrels_dict(params.data.train_split)
+    used = set(data.query_ids or [])
+    pool = sorted(q for q in qrels if q not in used and q in train_run)
+    qids = random.Random(params.seed).sample(pool, min(n, len(pool)))
+    return RerankSplit(qids, {q: [d for d, _ in train_run[q][: bench.depth]] for q in qids}, qrels)
+
+
+def split_ndcg(split: RerankSplit, scores: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-query nDCG@10 (pytrec_eval) of each query's candidates ordered by `scores[qid]`."""
+    run = {q: list(zip(split.cands[q], scores[q].tolist(), strict=True)) for q in split.qids}
+    return per_query_metrics(run, split.qrels, ["ndcg_cut_10"], split.qids)["ndcg_cut_10"]

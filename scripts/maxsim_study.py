@@ -21,10 +21,10 @@ features, scored on test. The last shows what any linear use of these features c
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from dataclasses import replace
 from pathlib import Path
+from statistics import fmean
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,13 +36,16 @@ configure_environment()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from jepa_eval import StudentBench  # noqa: E402
+from jepa_eval import (  # noqa: E402
+    CandidateStates,
+    StudentBench,
+    dev_split,
+    split_ndcg,
+    test_split,
+)
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from components.config import load_params  # noqa: E402
-from components.evaluation.metrics import mean_metrics, per_query_metrics  # noqa: E402
-from components.models.late_interaction import TokenStates  # noqa: E402
-from components.runs import read_trec_run  # noqa: E402
 from components.training.jepa_trainer import JepaTrainParams, train_predictor  # noqa: E402
 
 
@@ -62,28 +65,9 @@ def main() -> None:
     data = bench.stage_training_data()
 
     # Dev: held-out training queries, their BM25 top-K; encode the documents not in the index.
-    train_run = read_trec_run(bench.layout.run_dir("bm25") / f"{params.data.train_split}.trec")[0]
-    dev_qrels = bench.dataset.qrels_dict(params.data.train_split)
-    pool = sorted(q for q in dev_qrels if q not in set(data.query_ids) and q in train_run)
-    dev_qids = random.Random(params.seed).sample(pool, min(args.dev_queries, len(pool)))
-    dev_cands = {q: [d for d, _ in train_run[q][:depth]] for q in dev_qids}
-    missing = sorted({d for c in dev_cands.values() for d in c} - set(retriever.doc_ids))
-    embs, tokens = retriever.encode_corpus([bench.texts[d] for d in missing])
-    index_rows = {d: i for i, d in enumerate(retriever.doc_ids)}
-    extra_rows = {d: i for i, d in enumerate(missing)}
-
-    def doc_rows(docs):
-        """(pooled [n, H], token states) of these documents, from the index or encoded here."""
-        out_embs, out_tokens = [], []
-        for d in docs:
-            if d in index_rows:
-                i = index_rows[d]
-                out_embs.append(retriever.doc_embeddings[i])
-                out_tokens.append(retriever.doc_tokens.select([i]))
-            else:
-                out_embs.append(embs[extra_rows[d]])
-                out_tokens.append(tokens.select([extra_rows[d]]))
-        return torch.stack(out_embs), TokenStates.concat(out_tokens)
+    dev, test = dev_split(bench, data, args.dev_queries), test_split(bench)
+    states = CandidateStates(bench, {d for c in dev.cands.values() for d in c})
+    missing = states.missing
 
     def query_features(qids, cands):
         """qid -> (QueryEncoding, features [K, k]) for each query's candidates, and the same
@@ -93,27 +77,22 @@ def main() -> None:
         as_documents = retriever.encode_documents([bench.queries[q] for q in qids])
         for q, pooled in zip(qids, as_documents, strict=True):
             encoded = retriever.encode_query(bench.queries[q])
-            d_embs, d_tokens = doc_rows(cands[q])
+            d_embs, d_tokens = states.get(cands[q])
             out[q] = (encoded, retriever.features(encoded.tokens, encoded.pooled, d_embs, d_tokens))
             changed = out[q][1].clone()
             changed[:, -1] = torch.cosine_similarity(pooled[None], d_embs)
             alternative[q] = (encoded, changed)
         return out, alternative
 
-    test_cands = {q: [d for d, _ in bench.bm25.get(q, [])[:depth]] for q in bench.qids}
-    dev_features, dev_alternative = query_features(dev_qids, dev_cands)
-    test_features, test_alternative = query_features(bench.qids, test_cands)
-    sets = {
-        "dev": (dev_qids, dev_cands, dev_qrels, dev_features),
-        "test": (bench.qids, test_cands, bench.qrels, test_features),
-    }
+    dev_features, dev_alternative = query_features(dev.qids, dev.cands)
+    test_features, test_alternative = query_features(test.qids, test.cands)
+    sets = {"dev": (dev, dev_features), "test": (test, test_features)}
     alternative_sets = {"dev": dev_alternative, "test": test_alternative}
 
     def ndcg(split, score_fn, features: dict | None = None) -> float:
-        qids, cands, qrels, feats = sets[split]
+        rerank, feats = sets[split]
         feats = feats if features is None else features[split]
-        run = {q: list(zip(cands[q], score_fn(*feats[q]).tolist(), strict=True)) for q in qids}
-        return mean_metrics(per_query_metrics(run, qrels, ["ndcg_cut_10"], qids))["ndcg_cut_10"]
+        return fmean(split_ndcg(rerank, {q: score_fn(*feats[q]) for q in rerank.qids}).values())
 
     rows = {"BM25": {s: ndcg(s, lambda e, f: -torch.arange(len(f), dtype=torch.float32))
                      for s in sets}}  # fmt: skip
@@ -153,26 +132,30 @@ def main() -> None:
     features = data.features.clone()
     features[:, -1] = torch.cosine_similarity(as_documents, data.doc_embs[data.pairs.doc_index])
     rows["maxsim predictor, pooled cosine from the query as a document (+1 LLM pass)"] = trained(
-        every, features, alternative_sets)
+        every, features, alternative_sets
+    )
     rows["maxsim predictor, without the pooled cosine"] = trained(every[:-1])
     for i, layer in enumerate(layers):
         rows[f"maxsim predictor, layer {layer} MaxSims only"] = trained([2 * i, 2 * i + 1])
         rows[f"maxsim predictor, without IDF weighting at layer {layer}"] = trained(
-            [c for c in every if c != 2 * i + 1])
+            [c for c in every if c != 2 * i + 1]
+        )
 
     # Supervised ceiling: relevance labels of the dev queries, a linear model on the features.
     x, y = [], []
-    for q in dev_qids:
-        x.append(sets["dev"][3][q][1].numpy())
-        y += [int(dev_qrels.get(q, {}).get(d, 0) > 0) for d in dev_cands[q]]
+    for q in dev.qids:
+        x.append(dev_features[q][1].numpy())
+        y += [int(dev.qrels.get(q, {}).get(d, 0) > 0) for d in dev.cands[q]]
     model = LogisticRegression(C=1.0, max_iter=1000).fit(np.concatenate(x), y)
     rows["supervised ceiling: logistic regression on dev labels"] = {
         "dev": float("nan"),
         "test": ndcg("test", lambda e, f: torch.as_tensor(model.decision_function(f.numpy()))),
     }
 
-    print(f"rerank BM25 top-{depth}; dev: {len(dev_qids)} held-out training queries "
-          f"({len(missing)} documents encoded here); test: {len(bench.qids)} evaluation queries\n")
+    print(
+        f"rerank BM25 top-{depth}; dev: {len(dev.qids)} held-out training queries "
+        f"({len(missing)} documents encoded here); test: {len(bench.qids)} evaluation queries\n"
+    )
     print("| scoring | dev nDCG@10 | test nDCG@10 |\n|---|---|---|")
     for name, values in rows.items():
         cells = ["" if np.isnan(values[s]) else f"{values[s]:.4f}" for s in ("dev", "test")]
