@@ -48,8 +48,8 @@ from jepa_eval import (  # noqa: E402
     CandidateStates,
     StudentBench,
     dev_split,
+    eval_split,
     split_ndcg,
-    test_split,
 )
 from scipy.stats import ttest_rel  # noqa: E402
 from torch import nn  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> None:
         raise SystemExit("needs the stage's maxsim student with layers [0, 4]")
     layer, stage = 4, retriever.predictor
     data, pool_tokens = bench.stage_training_pools()
-    dev, test = dev_split(bench, data, args.dev_queries), test_split(bench)
+    dev, test = dev_split(bench, data, args.dev_queries), eval_split(bench)
     splits = {"dev": dev, "test": test}
     states = CandidateStates(bench, {d for c in dev.cands.values() for d in c})
 

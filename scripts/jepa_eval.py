@@ -137,7 +137,7 @@ class CandidateStates:
         return torch.stack(embs), TokenStates.concat(tokens)
 
 
-def test_split(bench: StudentBench) -> RerankSplit:
+def eval_split(bench: StudentBench) -> RerankSplit:
     """The stage's evaluation queries and BM25 top-K, as `Rabtriever (rerank@K)` reranks them."""
     cands = {q: [d for d, _ in bench.bm25.get(q, [])[: bench.depth]] for q in bench.qids}
     return RerankSplit(bench.qids, cands, bench.qrels)

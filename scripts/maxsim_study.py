@@ -40,8 +40,8 @@ from jepa_eval import (  # noqa: E402
     CandidateStates,
     StudentBench,
     dev_split,
+    eval_split,
     split_ndcg,
-    test_split,
 )
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
@@ -65,7 +65,7 @@ def main() -> None:
     data = bench.stage_training_data()
 
     # Dev: held-out training queries, their BM25 top-K; encode the documents not in the index.
-    dev, test = dev_split(bench, data, args.dev_queries), test_split(bench)
+    dev, test = dev_split(bench, data, args.dev_queries), eval_split(bench)
     states = CandidateStates(bench, {d for c in dev.cands.values() for d in c})
     missing = states.missing
 
