@@ -172,9 +172,10 @@ def distill_dgr(params_path: str = "params.yaml") -> dict:
             write_cost(layout.run_dir(system), seconds,
                        folder_bytes(out / "trie.json", out / "identifiers.json"),
                        f"identifier trie + identifier map ({', '.join(cfg.views)})")
+            in_batches = (f", in batches {metrics[f'{system}_batched_ms_per_query']:.0f} "
+                          f"ms/query ({len(rest)})") if rest else ""  # fmt: skip
             print(f"{system}: decoded {len(qids)} queries; one at a time "
-                  f"{metrics[f'{system}_ms_per_query']:.0f} ms/query ({len(timed)}), in batches "
-                  f"{metrics.get(f'{system}_batched_ms_per_query', 0):.0f} ms/query ({len(rest)})")
+                  f"{metrics[f'{system}_ms_per_query']:.0f} ms/query ({len(timed)}){in_batches}")
         write_text_atomic(out / "summary.json", json.dumps(metrics, indent=2))
         mlflow.log_metrics(metrics)
         info = log_dgr_model(out / "dgr_model", out / "trie.json", out / "identifiers.json",
