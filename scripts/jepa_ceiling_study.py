@@ -110,11 +110,6 @@ def main() -> None:
     splits = {"dev": dev, "test": test}
     states = CandidateStates(bench, {d for c in dev.cands.values() for d in c})
 
-    def query_states(texts: list[str]) -> TokenStates:
-        """Layer-4 token states of queries read as documents (as the stage reads them)."""
-        return document_token_states(retriever.model, retriever.tokenizer, retriever.prompts,
-                                     texts, [layer], 16, retriever.bf16)  # fmt: skip
-
     def query_pack(tokens: TokenStates, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(token states [|q|, H], normalised IDF weights [|q|]) of one query."""
         keep = tokens.mask[row]
@@ -122,15 +117,19 @@ def main() -> None:
         return tokens.states[layer][row, keep].float(), weights / weights.sum().clamp(min=1e-9)
 
     # Per split and query: answer state, stage features [K, 5], token states of query and docs.
+    # `encode_query` already reads the query as a document for its token states.
     encoded = {}
     for name, split in splits.items():
-        q_tokens = query_states([bench.queries[q] for q in split.qids])
-        for i, q in enumerate(split.qids):
+        for q in split.qids:
             enc = retriever.encode_query(bench.queries[q])
             embs, doc_tokens = states.get(split.cands[q])
             feats = retriever.features(enc.tokens, enc.pooled, embs, doc_tokens)
-            encoded[name, q] = (enc.state, feats, query_pack(q_tokens, i), doc_tokens)
-    train_q_tokens = query_states([bench.queries[q] for q in data.query_ids])
+            encoded[name, q] = (enc.state, feats, query_pack(enc.tokens, 0), doc_tokens)
+    # The training queries' token states, as the stage's `pair_features` read them (the
+    # training data keeps only the features computed from them).
+    train_q_tokens = document_token_states(
+        retriever.model, retriever.tokenizer, retriever.prompts,
+        [bench.queries[q] for q in data.query_ids], [layer], 16, retriever.bf16)  # fmt: skip
 
     # BM25 score of every pair (training pools, dev and test candidates) from the BM25 runs.
     bm25 = {}
@@ -168,12 +167,15 @@ def main() -> None:
     )
 
     # The stage's trainer with BM25's score as a sixth feature.
-    def with_bm25(feats: torch.Tensor, qid: str, docs: list[str]) -> torch.Tensor:
-        column = torch.tensor([[bm25[qid, d]] for d in docs], dtype=feats.dtype)
+    def with_bm25(feats: torch.Tensor, pairs: list[tuple[str, str]]) -> torch.Tensor:
+        column = torch.tensor([[bm25[pair]] for pair in pairs], dtype=feats.dtype)
         return torch.cat([feats, column], dim=1)
 
-    pair_q = [data.query_ids[i] for i in data.pairs.query_index.tolist()]
-    pair_d = [data.doc_ids[i] for i in data.pairs.doc_index.tolist()]
+    train_pairs = [
+        (data.query_ids[q], data.doc_ids[d])
+        for q, d in zip(data.pairs.query_index.tolist(), data.pairs.doc_index.tolist(), strict=True)
+    ]
+    # A five-feature predictor widened to six (its standardisation refitted by the trainer).
     predictor = bench.fresh_predictor()
     hidden = predictor.hidden_size
     predictor.feature_mean, predictor.feature_std = torch.zeros(6), torch.ones(6)
@@ -183,15 +185,15 @@ def main() -> None:
     train_cfg = JepaTrainParams(
         epochs=cfg.epochs, top_m=cfg.top_m, lr=cfg.lr, batch_size=cfg.batch_size,
         jepa_form=cfg.jepa_form, rkl_weight=cfg.rkl_weight, seed=params.seed)  # fmt: skip
-    pair_bm25 = torch.tensor([[bm25[q, d]] for q, d in zip(pair_q, pair_d, strict=True)])
-    six = replace(data, features=torch.cat([data.features, pair_bm25], dim=1))
+    six = replace(data, features=with_bm25(data.features, train_pairs))
     train_predictor(predictor, retriever.scorer, six, train_cfg)
     predictor.eval()
-    rows["the stage's trainer, + BM25 score as a sixth feature"] = evaluate(
-        lambda s, q: read_out(
-            predictor, encoded[s, q][0], with_bm25(encoded[s, q][1], q, splits[s].cands[q])
-        )
-    )
+
+    def score_with_bm25(s: str, q: str) -> torch.Tensor:
+        feats = with_bm25(encoded[s, q][1], [(q, d) for d in splits[s].cands[q]])
+        return read_out(predictor, encoded[s, q][0], feats)
+
+    rows["the stage's trainer, + BM25 score as a sixth feature"] = evaluate(score_with_bm25)
 
     # Pools by query; every pair every epoch.
     members: dict[int, list[int]] = {}
