@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -148,6 +148,7 @@ class RankListsParams(Section):
     train_depth: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1)
     top_k_logits: int = Field(64, ge=0)
+    document_layers: list[Annotated[int, Field(ge=0)]] | None = [4]
 
 
 class JepaParams(Section):

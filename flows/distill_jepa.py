@@ -5,6 +5,9 @@ and its LM head. Training reads only cached tensors: query embeddings (query enc
 alone), document embeddings (document encoded alone) and the teacher's stored states from
 `rank_lists` (its answer-position hidden state and top-k logits per pair). Each epoch the
 student trains on its own top-m documents of every training query's teacher-scored pool.
+Documents the teacher already read in `rank_lists` come with their states from there
+(`rank_lists/documents`, `components/models/pair_documents.py`); only the others are encoded
+here.
 
 Evaluation: rerank BM25's top-K of the test queries (same K as `BM25 → teacher`) and
 retrieve over the encoded corpus. The CPU default encodes the corpus subset `rank_lists`
@@ -33,6 +36,7 @@ from components.data.sampling import sample_query_ids
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout, run_key
 from components.models.late_interaction import TokenStates
+from components.models.pair_documents import CollectedDocuments, model_fingerprint
 from components.models.prompts import PromptTemplate
 from components.models.rabtriever import Predictor, Rabtriever
 from components.models.rabtriever_pyfunc import log_rabtriever_model
@@ -49,6 +53,33 @@ from flows._stage import StageFailed, run_cli, stage_flow
 REGISTERED_NAME = "rabtriever"
 
 
+def collected_documents(layout: Layout, retriever: Rabtriever) -> CollectedDocuments | None:
+    """The documents `rank_lists` kept from the teacher's passes, if they fit this student."""
+    folder = layout.rank_lists_dir / "documents"
+    if not folder.is_dir():
+        print("rank_lists kept no document states (rank_lists.document_layers: null)")
+        return None
+    collected = CollectedDocuments.load(folder)
+    reason = collected.mismatch(retriever, model_fingerprint(layout.teacher_model))
+    if reason is not None:
+        print(f"not using the {len(collected.keys)} documents rank_lists kept: {reason}")
+        return None
+    return collected
+
+
+def encode_documents(
+    retriever: Rabtriever,
+    texts: list[str],
+    collected: CollectedDocuments | None,
+    batch_size: int,
+) -> tuple[torch.Tensor, TokenStates | None, int]:
+    """`retriever.encode_corpus(texts)`, from `collected` where it holds a text; also how many
+    texts the student had to encode itself."""
+    if collected is None:
+        return *retriever.encode_corpus(texts, batch_size), len(texts)
+    return collected.encode(retriever, texts, batch_size)
+
+
 def teacher_training_data(
     retriever: Rabtriever,
     rank_lists_dir: Path,
@@ -56,10 +87,12 @@ def teacher_training_data(
     queries: dict[str, str],
     doc_texts: dict[str, str],
     batch_size: int,
-) -> tuple[JepaTrainingData, TokenStates | None]:
-    """Cached embeddings + the teacher's stored per-pair states for the training pools, and
-    the pool documents' token states (None unless the predictor reads them). A maxsim
-    predictor's IDF table must be fitted first (`Rabtriever.fit_idf`): the features use it."""
+    collected: CollectedDocuments | None = None,
+) -> tuple[JepaTrainingData, TokenStates | None, int]:
+    """Cached embeddings + the teacher's stored per-pair states for the training pools, the
+    pool documents' token states (None unless the predictor reads them), and how many pool
+    documents were encoded here (the rest come from `collected`). A maxsim predictor's IDF
+    table must be fitted first (`Rabtriever.fit_idf`): the features use it."""
     pairs = pd.read_parquet(rank_lists_dir / "pairs.parquet")
     pairs = pairs[pairs["split"] == split].sort_values("state_row")
     if pairs.empty:
@@ -73,7 +106,9 @@ def teacher_training_data(
     d_row = {d: i for i, d in enumerate(docids)}
     rows = torch.as_tensor(pairs["state_row"].to_numpy().copy())
     query_texts = [queries[q] for q in qids]
-    doc_embs, doc_tokens = retriever.encode_corpus([doc_texts[d] for d in docids], batch_size)
+    doc_embs, doc_tokens, encoded = encode_documents(
+        retriever, [doc_texts[d] for d in docids], collected, batch_size
+    )
     teacher_pairs = TeacherPairs(
         query_index=torch.as_tensor([q_row[q] for q in pairs["query_id"]]),
         doc_index=torch.as_tensor([d_row[d] for d in pairs["doc_id"]]),
@@ -93,7 +128,7 @@ def teacher_training_data(
             teacher_pairs.doc_index, batch_size,
         ),  # fmt: skip
     )
-    return data, doc_tokens
+    return data, doc_tokens, encoded
 
 
 def retrieval_corpus(mode: str, corpus_ids, rank_lists_dir: Path) -> list[str]:
@@ -141,17 +176,20 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         else:
             train_queries, train_texts = queries, doc_texts
         started = time.perf_counter()
-        data, pool_tokens = teacher_training_data(
+        collected = collected_documents(layout, retriever)
+        data, pool_tokens, pool_encoded = teacher_training_data(
             retriever,
             layout.rank_lists_dir,
             params.data.train_split,
             train_queries,
             train_texts,
             cfg.encode_batch_size,
+            collected,
         )
         cache_seconds = time.perf_counter() - started
         print(
-            f"cached {len(data.query_ids)} queries, {len(data.doc_ids)} docs, "
+            f"cached {len(data.query_ids)} queries, {len(data.doc_ids)} docs "
+            f"({pool_encoded} encoded here, the rest from rank_lists), "
             f"{len(data.pairs.query_index)} teacher pairs in {cache_seconds:.0f}s"
         )
 
@@ -198,9 +236,9 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         fresh = [d for d in doc_ids if d not in known]
         # Nothing fresh when the training pools already hold the whole corpus (ESConv's 8
         # strategies), and the tokenizer refuses an empty batch.
-        fresh_embs, fresh_tokens = retriever.encode_corpus(
-            [doc_texts[d] for d in fresh], cfg.encode_batch_size
-        ) if fresh else (None, None)
+        fresh_embs, fresh_tokens, fresh_encoded = encode_documents(
+            retriever, [doc_texts[d] for d in fresh], collected, cfg.encode_batch_size
+        ) if fresh else (None, None, 0)
         # Index row i of [known pool documents; fresh documents] for each doc id, in order.
         width = len(data.doc_embs)
         rows = {d: i for i, d in enumerate(fresh)}
@@ -214,7 +252,7 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         encode_seconds = time.perf_counter() - started
         print(
             f"document index: {len(doc_ids)} documents ({cfg.corpus}), "
-            f"{len(fresh)} encoded in {encode_seconds:.0f}s"
+            f"{len(fresh)} new ({fresh_encoded} encoded here) in {encode_seconds:.0f}s"
         )
 
         # One query at a time: each call's wall time is the latency a user sees (one LLM
@@ -254,6 +292,7 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
             "cache_seconds": cache_seconds,
             "train_seconds": train_seconds,
             "encode_seconds": encode_seconds,
+            "docs_encoded": pool_encoded + fresh_encoded,
             "rerank_ms_per_query": rerank_ms,
             "full_ms_per_query": full_ms,
             "final_agreement": result.final_agreement,

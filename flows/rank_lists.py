@@ -6,12 +6,16 @@
   rescored; these rank lists and the teacher's per-pair states (final hidden state at the
   answer position, Yes/No logits, top-k vocabulary logits) are the distillation data, stored
   once so no student recomputes the teacher for a pair it already scored.
+- Every scored document's own states as Rabtriever encodes it (`rank_lists.document_layers`;
+  the teacher reads the document first, so its pass holds them): `distill_jepa` then encodes
+  only the documents the teacher never read (`components/models/pair_documents.py`).
 - The corpus subset the CPU students index (`corpus_subset.json`) and BM25 over it.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import mlflow
@@ -26,6 +30,11 @@ from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout
+from components.models.pair_documents import (
+    PairDocumentStates,
+    encoding_meta,
+    model_fingerprint,
+)
 from components.models.prompts import PromptTemplate
 from components.models.reranker import LLMReranker
 from components.runs import read_trec_run, write_trec_run
@@ -84,6 +93,11 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
             layout.teacher_model, template=PromptTemplate.load(params.teacher.task),
             max_doc_tokens=params.teacher.max_doc_tokens, bf16=params.teacher.bf16)
         frames, metrics = [], {}
+        documents = None
+        if cfg.document_layers is not None:
+            documents = PairDocumentStates(reranker.tokenizer, reranker.prompts,
+                                           cfg.document_layers,
+                                           reranker.model.config.num_hidden_layers)
         test_run = layout.run_dir("bm25") / f"{params.data.test_split}.trec"
         train_run = layout.train_bm25_run(params.data.train_name, params.data.train_split)
         splits = [(params.data.test_split, params.data.eval_queries, cfg.depth, False,
@@ -97,7 +111,8 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                                           source.queries_dict())
             started = time.perf_counter()
             if keep_states:
-                states = reranker.forward_pair_states(pairs, cfg.batch_size, cfg.top_k_logits)
+                states = reranker.forward_pair_states(pairs, cfg.batch_size, cfg.top_k_logits,
+                                                      documents)
                 scores = states.scores.numpy()
                 tensors = {"hidden": states.hidden.contiguous(),
                            "answer_logits": states.answer_logits.contiguous()}
@@ -114,7 +129,8 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                     by_query[qid].append(pair)
                 per_query, latencies = time_each(
                     qids, lambda q, groups=by_query: reranker.score_pairs(groups[q],
-                                                                          cfg.batch_size))
+                                                                          cfg.batch_size,
+                                                                          documents))
                 # `keys` lists the pairs query by query in `qids` order, as here.
                 scores = [score for query_scores in per_query for score in query_scores]
             seconds = time.perf_counter() - started
@@ -139,6 +155,15 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
             metrics[f"{split}_pairs_per_s"] = len(pairs) / seconds
             print(f"{split}: {len(qids)} queries x top-{depth} = {len(pairs)} pairs in "
                   f"{seconds:.0f}s ({len(pairs) / seconds:.1f} pairs/s)")
+        documents_dir = layout.rank_lists_dir / "documents"
+        shutil.rmtree(documents_dir, ignore_errors=True)  # never a stale set from another teacher
+        if documents is not None:
+            meta = encoding_meta(reranker.prompts, reranker.model.config.hidden_size,
+                                 reranker.bf16, model_fingerprint(layout.teacher_model))
+            documents.save(documents_dir, meta)
+            metrics["documents_kept"] = len(documents)
+            print(f"kept {len(documents)} documents' states for Rabtriever "
+                  f"({documents.unmatched} left to it: BPE merged their last token)")
         with atomic_path(layout.rank_lists_dir / "pairs.parquet") as tmp:
             pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
         # The students' corpus holds only the evaluated dataset's documents.

@@ -17,7 +17,7 @@ from components.models.rabtriever import Predictor, QueryEncoding, Rabtriever
 from components.runs import Run, read_trec_run
 from components.training.jepa_trainer import JepaTrainingData
 from components.training.teacher_data import document_text
-from flows.distill_jepa import teacher_training_data
+from flows.distill_jepa import collected_documents, teacher_training_data
 
 
 @dataclass
@@ -66,9 +66,11 @@ class StudentBench:
 
     def stage_training_pools(self) -> tuple[JepaTrainingData, TokenStates | None]:
         """The stage's training data and its pool documents' token states (maxsim)."""
-        return teacher_training_data(
+        data, tokens, _ = teacher_training_data(
             self.retriever, self.layout.rank_lists_dir, self.params.data.train_split,
-            self.queries, self.texts, self.params.jepa.encode_batch_size)  # fmt: skip
+            self.queries, self.texts, self.params.jepa.encode_batch_size,
+            collected_documents(self.layout, self.retriever))  # fmt: skip
+        return data, tokens
 
     def fresh_predictor(self) -> Predictor:
         """An untrained predictor as the stage builds it (same seed, same shape)."""

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -61,6 +62,18 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return input_ids, attention_mask
 
 
+class DocumentSink(Protocol):
+    """Receives the decoder states of each scored batch (`pair_documents.PairDocumentStates`)."""
+
+    def collect(
+        self,
+        documents: Sequence[str],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        hidden_states: Sequence[torch.Tensor],
+    ) -> None: ...
+
+
 @dataclass
 class AnswerOutputs:
     """Per row, at the answer position (the last position)."""
@@ -69,6 +82,7 @@ class AnswerOutputs:
     hidden: torch.Tensor | None = None  # [B, H] after the final norm: what the LM head consumes
     hidden_prenorm: torch.Tensor | None = None  # [B, H] last decoder layer output, before the norm
     vocab_logits: torch.Tensor | None = None  # [B, V] fp32, when asked for
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # every layer's states, if asked
 
 
 def answer_logits(
@@ -79,11 +93,14 @@ def answer_logits(
     autocast_bf16: bool = False,
     return_states: bool = False,
     return_vocab_logits: bool = False,
+    return_hidden_states: bool = False,
 ) -> AnswerOutputs:
     """Answer-position logits for a left-padded batch (works with or without grad, with PEFT).
 
     The decoder may run under bf16 autocast; the LM head is applied in fp32 to the last hidden
     state only. bf16 logits are too coarse: many yes/no margins would tie.
+    `return_hidden_states`: also every position's state after each decoder layer (transformers'
+    `hidden_states`, the last after the final norm), for `PairDocumentStates`.
     """
     decoder = model.get_decoder()
     lm_head = model.get_output_embeddings()
@@ -100,12 +117,14 @@ def answer_logits(
     device_type = input_ids.device.type
     try:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            hidden = decoder(
+            out = decoder(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 use_cache=False,
-            ).last_hidden_state[:, -1]
+                output_hidden_states=return_hidden_states,
+            )
+            hidden = out.last_hidden_state[:, -1]
     finally:
         if hook is not None:
             hook.remove()
@@ -121,6 +140,8 @@ def answer_logits(
         outputs.hidden_prenorm = prenorm[0].float() if prenorm else None
     if return_vocab_logits:
         outputs.vocab_logits = logits
+    if return_hidden_states:
+        outputs.hidden_states = out.hidden_states
     return outputs
 
 
@@ -189,19 +210,33 @@ class LLMReranker:
             yield index, input_ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8) -> np.ndarray:
-        """log p(Yes) - log p(No) per (document, query) pair, in input order."""
+    def score_pairs(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        batch_size: int = 8,
+        documents: DocumentSink | None = None,
+    ) -> np.ndarray:
+        """log p(Yes) - log p(No) per (document, query) pair, in input order. `documents`
+        (optional) receives every batch's decoder states with the batch's document texts."""
         scores = np.zeros(len(pairs), dtype=np.float32)
         for index, input_ids, mask in self._batches(pairs, batch_size):
-            out = answer_logits(self.model, input_ids, mask, self.answer_tokens, self.bf16)
+            out = answer_logits(self.model, input_ids, mask, self.answer_tokens, self.bf16,
+                                return_hidden_states=documents is not None)  # fmt: skip
             scores[index] = yes_no_score(out.answer_logits).cpu().numpy()
+            if documents is not None:
+                documents.collect([pairs[i][0] for i in index], input_ids, mask, out.hidden_states)
         return scores
 
     @torch.inference_mode()
     def forward_pair_states(
-        self, pairs: Sequence[tuple[str, str]], batch_size: int = 8, top_k: int = 0
+        self,
+        pairs: Sequence[tuple[str, str]],
+        batch_size: int = 8,
+        top_k: int = 0,
+        documents: DocumentSink | None = None,
     ) -> PairStates:
-        """Scores plus answer-position hidden states and logits, in input order."""
+        """Scores plus answer-position hidden states and logits, in input order (`documents`:
+        as in `score_pairs`)."""
         n = len(pairs)
         rows: dict[str, list] = {"scores": [], "answer": [], "hidden": [], "pre": [], "tk": []}
         positions: list[int] = []
@@ -214,7 +249,10 @@ class LLMReranker:
                 self.bf16,
                 return_states=True,
                 return_vocab_logits=top_k > 0,
+                return_hidden_states=documents is not None,
             )
+            if documents is not None:
+                documents.collect([pairs[i][0] for i in index], input_ids, mask, out.hidden_states)
             positions.extend(index)
             rows["scores"].append(yes_no_score(out.answer_logits).cpu())
             rows["answer"].append(out.answer_logits.cpu())
