@@ -57,6 +57,11 @@ def test_pipeline_produces_outputs_and_metrics(pipeline_result):
     # 4 queries decoded one at a time (timed), the other 6 in batches: all 10 in the run.
     assert metrics["test"][subset]["DGR"]["queries"] == 10
     assert json.loads((out / "runs/dgr/cost.json").read_text())["latency"]["queries"] == 4
+    # The student encoded only the documents the teacher never scored in rank_lists.
+    kept = json.loads((out / "rank_lists/documents/meta.json").read_text())["count"]
+    student = json.loads((out / "rabtriever/summary.json").read_text())
+    assert kept > 0
+    assert student["docs_encoded"] == student["corpus_docs"] - kept
 
 
 def test_mlflow_groups_stage_runs_under_the_pipeline_run(pipeline_result):
