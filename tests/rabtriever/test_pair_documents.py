@@ -44,6 +44,17 @@ def _saved(sink, student, tmp_path, model_dir) -> CollectedDocuments:
     return CollectedDocuments.load(sink.save(tmp_path / "documents", meta))
 
 
+def _encoded_as_the_student_would(collected, student, texts) -> int:
+    """Check `collected.encode` against the student's own pass; how many it encoded itself."""
+    embs, tokens, encoded = collected.encode(student, texts)
+    own_embs, own_tokens = student.encode_corpus(texts)
+    torch.testing.assert_close(embs, own_embs, atol=1e-5, rtol=1e-4)
+    assert torch.equal(tokens.token_ids, own_tokens.token_ids)
+    torch.testing.assert_close(tokens.states[2].float(), own_tokens.states[2].float(),
+                               atol=2e-3, rtol=0)  # fmt: skip (fp16 storage)
+    return encoded
+
+
 def test_collected_states_equal_the_students_own_document_pass(
     teacher_model, tiny_tokenizer, template, toy, maxsim_student, tiny_model_master, tmp_path
 ):
@@ -54,13 +65,7 @@ def test_collected_states_equal_the_students_own_document_pass(
     collected = _saved(sink, maxsim_student, tmp_path, tiny_model_master)
     assert collected.mismatch(maxsim_student, model_fingerprint(tiny_model_master)) is None
 
-    embs, tokens, encoded = collected.encode(maxsim_student, texts)
-    own_embs, own_tokens = maxsim_student.encode_corpus(texts)
-    assert encoded == 0
-    torch.testing.assert_close(embs, own_embs, atol=1e-5, rtol=1e-4)
-    assert torch.equal(tokens.token_ids, own_tokens.token_ids)
-    torch.testing.assert_close(tokens.states[2].float(), own_tokens.states[2].float(),
-                               atol=2e-3, rtol=0)  # fmt: skip (fp16 storage)
+    assert _encoded_as_the_student_would(collected, maxsim_student, texts) == 0
 
     # "last" pooling is kept too.
     maxsim_student.pooling = "last"
@@ -79,13 +84,7 @@ def test_texts_the_teacher_never_read_are_encoded_and_kept_in_input_order(
               "Another one, on the grammar of bird song."]  # fmt: skip
     assert not {text_key(t) for t in unseen} & set(collected.keys)
     texts = [unseen[0], scored[4], scored[0], unseen[1], scored[2]]
-    embs, tokens, encoded = collected.encode(maxsim_student, texts)
-    own_embs, own_tokens = maxsim_student.encode_corpus(texts)
-    assert encoded == 2
-    torch.testing.assert_close(embs, own_embs, atol=1e-5, rtol=1e-4)
-    assert torch.equal(tokens.token_ids, own_tokens.token_ids)
-    torch.testing.assert_close(tokens.states[2].float(), own_tokens.states[2].float(),
-                               atol=2e-3, rtol=0)  # fmt: skip
+    assert _encoded_as_the_student_would(collected, maxsim_student, texts) == 2
 
 
 def test_a_document_whose_last_token_merges_with_the_separator_is_left_to_the_student(
