@@ -36,6 +36,7 @@ import torch
 from components.atomic import atomic_path
 from components.models.late_interaction import TokenStates
 from components.models.prompts import PromptBuilder
+from components.models.rabtriever import document_prompt_rows
 
 FORMAT_VERSION = 1
 KEYS_FILE = "doc_keys.json"
@@ -86,7 +87,6 @@ class PairDocumentStates:
             raise ValueError(f"document layers {too_deep} exceed the model's {num_layers} layers")
         self.tokenizer = tokenizer
         self.builder = builder
-        self.prefix = tokenizer([builder.chat_prefix], add_special_tokens=False)["input_ids"][0]
         self.keys: list[str] = []
         self.pooled: dict[str, list[torch.Tensor]] = {p: [] for p in POOLINGS}
         self.token_ids: list[list[int]] = []
@@ -105,30 +105,32 @@ class PairDocumentStates:
         hidden_states: Sequence[torch.Tensor],
     ) -> None:
         """Keep the states of `documents` (row j of a left-padded batch of pair prompts)."""
-        width = input_ids.shape[1]
+        new = {}  # key -> batch row, first occurrence of each document not seen before
         for j, text in enumerate(documents):
             key = text_key(text)
-            if key in self._seen:
-                continue
-            self._seen.add(key)
-            doc = self.tokenizer(
-                [self.builder.build_document_prompt(text)], add_special_tokens=False
-            )["input_ids"][0]
+            if key not in self._seen:
+                self._seen.add(key)
+                new[key] = j
+        if not new:
+            return
+        rows, skips = document_prompt_rows(self.tokenizer, self.builder,
+                                           [documents[j] for j in new.values()])  # fmt: skip
+        width = input_ids.shape[1]
+        for (key, j), doc, skip in zip(new.items(), rows, skips, strict=True):
             start = width - int(attention_mask[j].sum())  # left padding
             if input_ids[j, start : start + len(doc)].tolist() != doc:
                 self.unmatched += 1
                 continue
-            skip = len(self.prefix) if doc[: len(self.prefix)] == self.prefix else 0
             span = slice(start + skip, start + len(doc))
-            post = hidden_states[-1][j, span].float()
-            self.keys.append(key)
             # Copies, not views: a view would keep the whole batch's states alive.
-            self.pooled["mean"].append(post.mean(0).cpu())
-            self.pooled["last"].append(post[-1].cpu().clone())
+            post = hidden_states[-1][j, span].to("cpu", torch.float32, copy=True)
+            self.keys.append(key)
+            self.pooled["mean"].append(post.mean(0))
+            self.pooled["last"].append(post[-1].clone())
             self.token_ids.append(doc[skip:])
             for layer in self.layers:
-                rows = hidden_states[layer][j, span].float().cpu().clone()
-                self.token_states[layer].append(rows)
+                states = hidden_states[layer][j, span].to("cpu", torch.float32, copy=True)
+                self.token_states[layer].append(states)
 
     def save(self, folder: str | Path, meta: dict) -> Path:
         """Write the collected documents (atomically: a half-written folder never appears)."""

@@ -464,11 +464,19 @@ class _TokenRows:
         return TokenStates.from_rows(self.ids, self.states)
 
 
+def document_prompt_rows(
+    tokenizer, builder: PromptBuilder, texts: Sequence[str]
+) -> tuple[list[list[int]], list[int]]:
+    """Token ids of each text's `build_document_prompt`, and where its own tokens start (after
+    the chat prefix): the tokens whose states a document's encoding keeps."""
+    rows = _tokenize(tokenizer, [builder.build_document_prompt(t) for t in texts])
+    return rows, _prefix_lengths(tokenizer, builder, rows)
+
+
 def document_token_ids(tokenizer, builder: PromptBuilder, texts: Sequence[str]) -> list[list[int]]:
     """The ids of each text's own tokens in `build_document_prompt` (after the chat prefix):
     what the token states are kept for, and what the IDF table is fitted on. No LLM pass."""
-    rows = _tokenize(tokenizer, [builder.build_document_prompt(t) for t in texts])
-    skip = _prefix_lengths(tokenizer, builder, rows)
+    rows, skip = document_prompt_rows(tokenizer, builder, texts)
     return [row[n:] for row, n in zip(rows, skip, strict=True)]
 
 
@@ -602,8 +610,7 @@ def document_token_states(
     stored = [layer for layer in layers if layer > 0]
     if not stored:
         return TokenStates.from_rows(document_token_ids(tokenizer, builder, texts), {})
-    rows = _tokenize(tokenizer, [builder.build_document_prompt(t) for t in texts])
-    skip = _prefix_lengths(tokenizer, builder, rows)
+    rows, skip = document_prompt_rows(tokenizer, builder, texts)
     out = _TokenRows(len(texts), stored)
     for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
         states = _layer_states(model, ids, mask, stored, autocast_bf16)
@@ -633,8 +640,7 @@ def encode_document_tokens(
     out = torch.zeros(len(documents), model.config.hidden_size)
     stored = [layer for layer in layers if layer > 0]
     tokens = _TokenRows(len(documents), stored)
-    rows = _tokenize(tokenizer, [builder.build_document_prompt(d) for d in documents])
-    skip = _prefix_lengths(tokenizer, builder, rows)
+    rows, skip = document_prompt_rows(tokenizer, builder, documents)
     for index, ids, mask in _length_batches(rows, batch_size, tokenizer, model):
         _, post, states = _final_states(model, ids, mask, autocast_bf16, stored)
         pooled, kept_ids, kept_states = _kept_outputs(

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from components.models.prompts import (
     PromptTemplate,
     resolve_answer_token_ids,
 )
+
+if TYPE_CHECKING:  # pair_documents imports this module (through rabtriever)
+    from components.models.pair_documents import PairDocumentStates
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +63,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
         input_ids[i, width - len(row) :] = torch.as_tensor(row, dtype=torch.long)
         attention_mask[i, width - len(row) :] = 1
     return input_ids, attention_mask
-
-
-class DocumentSink(Protocol):
-    """Receives the decoder states of each scored batch (`pair_documents.PairDocumentStates`)."""
-
-    def collect(
-        self,
-        documents: Sequence[str],
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        hidden_states: Sequence[torch.Tensor],
-    ) -> None: ...
 
 
 @dataclass
@@ -214,7 +205,7 @@ class LLMReranker:
         self,
         pairs: Sequence[tuple[str, str]],
         batch_size: int = 8,
-        documents: DocumentSink | None = None,
+        documents: PairDocumentStates | None = None,
     ) -> np.ndarray:
         """log p(Yes) - log p(No) per (document, query) pair, in input order. `documents`
         (optional) receives every batch's decoder states with the batch's document texts."""
@@ -233,7 +224,7 @@ class LLMReranker:
         pairs: Sequence[tuple[str, str]],
         batch_size: int = 8,
         top_k: int = 0,
-        documents: DocumentSink | None = None,
+        documents: PairDocumentStates | None = None,
     ) -> PairStates:
         """Scores plus answer-position hidden states and logits, in input order (`documents`:
         as in `score_pairs`)."""
