@@ -157,6 +157,17 @@ def label_logprobs(
     return -nll.view(labels.shape), labels != -100
 
 
+def token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """[M] log p(tokens[m]) from the final (normed) hidden states [M, H] that predict them.
+
+    Callers gather only the positions that predict a scored token: identifiers differ in
+    length, so up to half of a padded block is padding, and with a 49k vocabulary the head over
+    those positions would cost as much as the layers below it.
+    """
+    logits = lm_head(hidden).float()
+    return -nn.functional.cross_entropy(logits, tokens, reduction="none")
+
+
 def target_labels(targets: Sequence[Sequence[int]]) -> torch.Tensor:
     """[N, L] target token ids left-aligned, -100 after each (L the longest target). Row i minus
     its last column is what is fed after prompt i; the pads there are never scored."""
@@ -164,6 +175,57 @@ def target_labels(targets: Sequence[Sequence[int]]) -> torch.Tensor:
     for i, target in enumerate(targets):
         labels[i, : len(target)] = torch.as_tensor(list(target), dtype=torch.long)
     return labels
+
+
+@dataclass
+class SharedHead:
+    """The tokens every target of a batch starts with, moved to the end of every prompt.
+
+    All identifiers of a view start with its prefix ("ngram:" is 3 of the ~9 tokens of an n-gram
+    identifier), so scoring them once per prompt instead of once per target takes a third of
+    the target tokens off a stage-2 step. The head's log-probabilities come from the prompt
+    pass and are copied to each target, so the scores are those of the unsplit rows.
+    """
+
+    tokens: list[int]
+
+    @classmethod
+    def split(
+        cls, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
+    ) -> tuple[SharedHead, list[list[int]], list[list[int]]]:
+        """(head, prompts + head, targets minus head); every target keeps at least one token."""
+        shortest = min(len(t) for t in targets)
+        n = 0
+        while n < shortest - 1 and all(t[n] == targets[0][n] for t in targets):
+            n += 1
+        head = [int(t) for t in targets[0][:n]]
+        return (
+            cls(head),
+            [list(p) + head for p in prompts],
+            [list(t[n:]) for t in targets],
+        )
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def join(
+        self,
+        head_logprobs: torch.Tensor,
+        owners: torch.Tensor,
+        logprobs: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unsplit rows' ([N, L] log-probs, mask) from the head's [B, len(head)] log-probs
+        per prompt and the rest's [N, L - len(head)] per target."""
+        head = head_logprobs.index_select(0, owners)
+        return (
+            torch.cat([head, logprobs], dim=1),
+            torch.cat([torch.ones_like(head, dtype=torch.bool), mask], dim=1),
+        )
+
+    def labels(self, rows: int) -> torch.Tensor:
+        """[rows, len(head)] labels: the head's tokens, predicted by a prompt's last positions."""
+        return torch.tensor([self.tokens] * rows, dtype=torch.long).view(rows, len(self))
 
 
 def shared_prompt_logprobs(
@@ -177,20 +239,26 @@ def shared_prompt_logprobs(
 
     Stage 2 scores m passages per query under the same prompt; the prompt is ~8x longer than an
     identifier, so running it once and expanding its key/value cache to its targets cuts the
-    tokens of a step about fivefold. Gradients flow through the cache. Returns ([N, L] log-probs
+    tokens of a step about fivefold. The tokens all targets start with (the view prefix) join
+    the prompts (`SharedHead`). Gradients flow through the cache. Returns ([N, L] log-probs
     of the target tokens (0 off target), [N, L] mask), L the longest target.
     """
     device = next(model.parameters()).device
+    head, prompts, targets = SharedHead.split(prompts, targets)
     input_ids, attention_mask = left_pad(prompts, pad_id)
     out = model(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         position_ids=(attention_mask.cumsum(-1) - 1).clamp_min(0).to(device),
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=len(head) + 1,  # the head's tokens, then each target's first
     )
     owner = torch.as_tensor(list(owners), dtype=torch.long)
-    first = out.logits[:, -1].float().index_select(0, owner.to(device))  # predicts token 0
+    prompt_logits = out.logits.float()
+    head_logprobs, _ = label_logprobs(
+        prompt_logits[:, : len(head)], head.labels(len(prompts)).to(device)
+    )
+    first = prompt_logits[:, -1].index_select(0, owner.to(device))  # predicts token 0
     labels = target_labels(targets)
     width = labels.shape[1]
     logits = first.unsqueeze(1)
@@ -210,7 +278,8 @@ def shared_prompt_logprobs(
             use_cache=True,
         )
         logits = torch.cat([logits, rest.logits.float()], dim=1)
-    return label_logprobs(logits, labels.to(device))
+    logprobs, mask = label_logprobs(logits, labels.to(device))
+    return head.join(head_logprobs, owner.to(device), logprobs, mask)
 
 
 def sequence_logprobs(

@@ -22,12 +22,16 @@ def top_layer_model(tiny_model_dir):
     return apply_train_mode(load_causal_lm(tiny_model_dir), params)
 
 
-def _rows(tokenizer, identifier_index):
+MIXED_VIEWS = [("ngram", "d03", 0), ("title", "d04", 1), ("semantic_id", "d05", 1),
+               ("ngram", "d07", 2), ("span", "d03", 0)]  # fmt: skip
+ONE_VIEW = [("ngram", "d03", 0), ("ngram", "d04", 1), ("ngram", "d05", 1), ("ngram", "d07", 2),
+            ("ngram", "d02", 0)]  # fmt: skip  (their shared "ngram:" joins the prompts)
+
+
+def _rows(tokenizer, identifier_index, picks=MIXED_VIEWS):
     prompts = QueryPrompt(tokenizer).encode(
         ["apple river", "a much longer query about the copper engine", "stone"]
     )
-    picks = [("ngram", "d03", 0), ("title", "d04", 1), ("semantic_id", "d05", 1),
-             ("ngram", "d07", 2), ("span", "d03", 0)]  # fmt: skip
     targets = [
         encode_identifier(tokenizer, view, identifier_index.identifiers(view, doc)[0])
         for view, doc, _ in picks
@@ -46,10 +50,11 @@ def test_first_trainable_layer(tiny_model, top_layer_model):
     assert first_trainable_layer(top_layer_model) is None  # frozen above trainable
 
 
+@pytest.mark.parametrize("picks", [MIXED_VIEWS, ONE_VIEW], ids=["mixed_views", "one_view"])
 def test_scores_and_gradients_equal_the_one_piece_scorer(
-    top_layer_model, tokenizer, identifier_index
+    top_layer_model, tokenizer, identifier_index, picks
 ):
-    prompts, targets, owners = _rows(tokenizer, identifier_index)
+    prompts, targets, owners = _rows(tokenizer, identifier_index, picks)
     pad = tokenizer.pad_token_id
     trainable = [p for p in top_layer_model.parameters() if p.requires_grad]
 
