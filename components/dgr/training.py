@@ -46,6 +46,7 @@ from torch import nn
 
 from components.atomic import atomic_path
 from components.dgr.frozen_trunk import FrozenTrunk
+from components.dgr.packing import packable, packed_target_logprobs
 from components.dgr.identifiers import SEMANTIC_ID, Corpus, IdentifierIndex
 from components.dgr.retriever import (
     QueryPrompt,
@@ -238,8 +239,12 @@ def stage2_lists(
 
 
 def generation_loss(model: nn.Module, prompts, targets, pad_id: int) -> torch.Tensor:
-    """Token-mean cross-entropy of `targets` given `prompts` (prompt tokens masked, -100)."""
-    logprobs, mask = target_logprobs(model, make_lm_batch(prompts, targets, pad_id))
+    """Token-mean cross-entropy of `targets` given `prompts`. Packed (the shared system text
+    once, no padding) where the model allows it; the padded batch otherwise."""
+    if packable(model):
+        logprobs, mask = packed_target_logprobs(model, prompts, targets)
+    else:
+        logprobs, mask = target_logprobs(model, make_lm_batch(prompts, targets, pad_id))
     return -logprobs.sum() / mask.sum().clamp_min(1)
 
 
