@@ -5,7 +5,8 @@ Stage 1 teaches the model to emit identifiers at all: cross-entropy on the ident
   - indexing examples: a passage's own text (cut to `max_doc_tokens`) -> its identifiers,
 (in the n-gram view, the few `IdentifierIndex.targets` picks rather than all of them)
 so every passage of the corpus is reachable, not only the judged ones (DSI's indexing task).
-Prompt tokens are masked with -100; both kinds go through the one retrieval prompt.
+Only identifier tokens are scored; both kinds go through the one retrieval prompt, and a
+batch runs as one packed row with the shared system text once (`components.dgr.packing`).
 
 Stage 2 (DGR, Li et al. 2024) distils a teacher's rank list: per training query, m passages from
 the teacher's run (positives from the qrels first, then the teacher's order; see
@@ -46,8 +47,8 @@ from torch import nn
 
 from components.atomic import atomic_path
 from components.dgr.frozen_trunk import FrozenTrunk
-from components.dgr.packing import packable, packed_target_logprobs
 from components.dgr.identifiers import SEMANTIC_ID, Corpus, IdentifierIndex
+from components.dgr.packing import packable, packed_target_logprobs
 from components.dgr.retriever import (
     QueryPrompt,
     make_lm_batch,
