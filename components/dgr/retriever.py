@@ -394,14 +394,17 @@ class GenerativeRetriever:
         return logprobs.sum(-1)
 
     def _prompt_cache(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beams: int
-    ) -> DynamicCache:
-        """The key/value cache of every prompt token but the last, one copy per beam.
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beams: int, forced: int
+    ) -> tuple[DynamicCache, torch.Tensor]:
+        """The key/value cache of every prompt token but the last, one copy per beam, and [B]
+        log p of the prompt's last `forced` tokens (the view prefix) given what precedes them.
 
         generate() copies each prompt to its beams before its first forward, so it would run
         the prompt once per beam (10x the work at beam 10, more than all decoding steps
-        together on CPU). Here the prompt runs once and its cache is copied; generate() then
-        feeds only the last prompt token. Positions follow the attention mask as in generate().
+        together on CPU), and it would spend a decoding step for every beam on each token of
+        the view prefix, which every beam must emit. Here the prompt, view prefix included,
+        runs once; its cache is copied and generate() feeds only the last token. Positions
+        follow the attention mask as in generate().
         """
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
         out = self.model(
@@ -409,11 +412,15 @@ class GenerativeRetriever:
             attention_mask=attention_mask[:, :-1],
             position_ids=position_ids[:, :-1],
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=max(forced, 1),
         )
+        forced_logprob = torch.zeros(input_ids.shape[0], device=input_ids.device)
+        if forced:
+            logprobs, _ = label_logprobs(out.logits[:, -forced:].float(), input_ids[:, -forced:])
+            forced_logprob = logprobs.sum(-1)
         cache = out.past_key_values
         cache.batch_repeat_interleave(beams)
-        return cache
+        return cache, forced_logprob
 
     @torch.inference_mode()
     def generate_identifiers(
@@ -426,17 +433,22 @@ class GenerativeRetriever:
         # generate() switches to greedy search (no sequence scores) for one beam; a second beam
         # that finds nothing valid is dropped below.
         beams = max(beams, 2)
-        input_ids, attention_mask = left_pad(self.prompt.encode(queries), self.pad_id)
+        forced = self.trie.view_prefixes[view]
+        prompts = [prompt + forced for prompt in self.prompt.encode(queries)]
+        input_ids, attention_mask = left_pad(prompts, self.pad_id)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         prompt_length = input_ids.shape[1]
+        cache, forced_logprob = self._prompt_cache(input_ids, attention_mask, beams, len(forced))
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=self._prompt_cache(input_ids, attention_mask, beams),
-            prefix_allowed_tokens_fn=self.trie.prefix_allowed_tokens_fn(prompt_length, view),
+            past_key_values=cache,
+            prefix_allowed_tokens_fn=self.trie.prefix_allowed_tokens_fn(
+                prompt_length, view, prefix_in_prompt=True
+            ),
             num_beams=beams,
             num_return_sequences=beams,
-            max_new_tokens=self.trie.max_length,
+            max_new_tokens=self.trie.max_length - len(forced),
             do_sample=False,
             length_penalty=0.0,  # raw sum of log-probs, comparable with identifier_logprob
             early_stopping=False,  # with length_penalty 0 the stop test is then exact
@@ -456,11 +468,12 @@ class GenerativeRetriever:
         ):
             if not math.isfinite(score) or eos not in tokens:
                 continue  # a beam that beam search had abandoned (fewer valid ids than beams)
-            entry = tokens[: tokens.index(eos) + 1]
-            seen = {identifier for identifier, _ in results[row // beams]}
+            entry = forced + tokens[: tokens.index(eos) + 1]
+            query = row // beams
+            seen = {identifier for identifier, _ in results[query]}
             for key_view, identifier in self.trie.lookup(entry):
                 if key_view == view and identifier not in seen:
-                    results[row // beams].append((identifier, score))
+                    results[query].append((identifier, score + forced_logprob[query].item()))
         for hits in results:
             hits.sort(key=lambda pair: -pair[1])
             del hits[num_beams:]

@@ -115,24 +115,30 @@ class IdentifierTrie:
         return self._view_sizes.get(view, 0)
 
     def prefix_allowed_tokens_fn(
-        self, prompt_length: int, view: str | None = None
+        self, prompt_length: int, view: str | None = None, prefix_in_prompt: bool = False
     ) -> Callable[[int, torch.Tensor], list[int]]:
         """The callable for `model.generate(prefix_allowed_tokens_fn=...)`.
 
         transformers calls it with (batch index, the beam's FULL sequence so far), prompt
         included. Prompts are left-padded to one width, so in every row the generated part starts
         at the same column: `prompt_length` = the padded prompt width (input_ids.shape[1]).
-        With `view`, only entries of that view are allowed: its prefix tokens are forced first.
+        With `view`, only entries of that view are allowed: its prefix tokens are forced first,
+        or, with `prefix_in_prompt`, already end the prompt (the caller scores them there, in
+        one pass per query instead of one decoding step per token for every beam).
         A beam that has left the trie (only possible for beams beam search has already given up,
         with score -inf) or has finished may only emit EOS; such outputs are dropped by `lookup`.
         """
         if view is not None and view not in self.view_prefixes:
             raise KeyError(f"the trie has no entries for view {view!r}")
+        if prefix_in_prompt and view is None:
+            raise ValueError("prefix_in_prompt needs the view whose prefix the prompt holds")
         forced = self.view_prefixes[view] if view is not None else []
         dead_end = [self.eos_token_id]
 
         def allowed(batch_id: int, sequence: torch.Tensor) -> list[int]:
             generated = sequence[prompt_length:].tolist()
+            if prefix_in_prompt:
+                generated = forced + generated
             n = len(generated)
             if n < len(forced):
                 return [forced[n]] if generated == forced[:n] else dead_end

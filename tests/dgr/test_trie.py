@@ -64,6 +64,15 @@ def test_view_restriction_forces_the_view_prefix(small_trie):
         small_trie.prefix_allowed_tokens_fn(2, view="c")
 
 
+def test_view_prefix_already_in_the_prompt(small_trie):
+    prompt = torch.tensor([5, 5, 8])  # the prompt ends with view b's prefix
+    allowed = small_trie.prefix_allowed_tokens_fn(3, view="b", prefix_in_prompt=True)
+    assert allowed(0, prompt) == [1]
+    assert allowed(0, torch.cat([prompt, torch.tensor([9])])) == [EOS]  # off view b's branch
+    with pytest.raises(ValueError, match="view"):
+        small_trie.prefix_allowed_tokens_fn(3, prefix_in_prompt=True)
+
+
 def test_json_round_trip(trie, tmp_path):
     trie.save(tmp_path / "trie.json")
     loaded = IdentifierTrie.load(tmp_path / "trie.json")
