@@ -163,30 +163,44 @@ def common_prefix(rows: Sequence[Sequence[int]], keep: int = 1) -> int:
 
 
 def packed_target_logprobs(
-    model: nn.Module, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    max_row_tokens: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced log p of every token of targets[i] given prompts[i]: ([N, L] log-probs,
     mask), targets left-aligned; the values of `retriever.target_logprobs`.
 
-    One packed row: the prompts' common prefix (the system text) once, then each example's
+    Packed rows: the prompts' common prefix (the system text) once per row, then each example's
     prompt rest and target behind it. Each prompt keeps its last token, which predicts the
-    target's first.
+    target's first. A row takes examples until `max_row_tokens` (attention over a row grows
+    with its square; one example longer than that gets a row of its own).
     """
     shared = common_prefix(prompts)
-    segments = [list(p[shared:]) + list(t[:-1]) for p, t in zip(prompts, targets, strict=True)]
-    root = [list(prompts[0][:shared])] if shared else []
-    parent = 0 if shared else None
-    packing = Packing.build(
-        [len(s) for s in root + segments], [None] * len(root) + [parent] * len(segments)
-    )
+    root = list(prompts[0][:shared])
+    segments: list[tuple[list[int], int | None, int]] = []  # (tokens, parent, row)
+    example_segments = []
+    row, used, row_root = -1, max_row_tokens, None
+    for prompt, target in zip(prompts, targets, strict=True):
+        example = list(prompt[shared:]) + list(target[:-1])
+        if row < 0 or used + len(example) > max_row_tokens:
+            row, used, row_root = row + 1, len(root), None
+            if root:
+                row_root = len(segments)
+                segments.append((root, None, row))
+        example_segments.append(len(segments))
+        segments.append((example, row_root, row))
+        used += len(example)
+    tokens, parents, rows = zip(*segments, strict=True)
+    packing = Packing.build([len(t) for t in tokens], parents, rows)
     device = next(model.parameters()).device
-    tokens = [torch.as_tensor(s, dtype=torch.long) for s in root + segments]
-    input_ids = packing.place(tokens, torch.tensor(0)).to(device)
+    ids = [torch.as_tensor(t, dtype=torch.long) for t in tokens]
+    input_ids = packing.place(ids, torch.tensor(0)).to(device)
     decoder = model.get_decoder()
     hidden = run_layers(model, decoder.embed_tokens(input_ids), packing, 0, len(decoder.layers))
     columns = []
-    for i, prompt in enumerate(prompts):
-        segment = len(root) + i
+    for segment, prompt in zip(example_segments, prompts, strict=True):
         first = packing.starts[segment] + len(prompt) - shared - 1  # the prompt's last token
         columns.append(list(range(first, packing.last_column(segment) + 1)))
-    return scored_logprobs(model, hidden, [0] * len(prompts), columns, target_labels(targets))
+    example_rows = [rows[segment] for segment in example_segments]
+    return scored_logprobs(model, hidden, example_rows, columns, target_labels(targets))

@@ -40,7 +40,10 @@ def test_common_prefix_keeps_tokens():
     assert common_prefix([[1, 2], [3, 2]]) == 0
 
 
-def test_packed_logprobs_and_gradients_equal_the_padded_batch(tiny_model, tokenizer):
+@pytest.mark.parametrize("max_row_tokens", [1024, 40], ids=["one_row", "a_row_each"])
+def test_packed_logprobs_and_gradients_equal_the_padded_batch(
+    tiny_model, tokenizer, max_row_tokens
+):
     assert packable(tiny_model)
     prompts = QueryPrompt(tokenizer).encode(
         ["apple river", "a much longer query about the copper engine", "stone"]
@@ -55,7 +58,7 @@ def test_packed_logprobs_and_gradients_equal_the_padded_batch(tiny_model, tokeni
     expected = [p.grad.clone() for p in params]
     tiny_model.zero_grad(set_to_none=True)
 
-    packed, packed_mask = packed_target_logprobs(tiny_model, prompts, targets)
+    packed, packed_mask = packed_target_logprobs(tiny_model, prompts, targets, max_row_tokens)
     for i, target in enumerate(targets):  # the padded batch aligns right, the packed one left
         assert packed_mask[i].sum() == full_mask[i].sum() == len(target)
         torch.testing.assert_close(
