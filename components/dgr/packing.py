@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.dgr.retriever import target_labels, token_logprobs
+from components.dgr.retriever import common_prefix, target_labels, token_logprobs
 
 
 def packable(model: nn.Module) -> bool:
@@ -151,15 +151,6 @@ def scored_logprobs(
     logprobs = token_logprobs(model.get_output_embeddings(), chosen, labels[mask])
     zeros = torch.zeros(labels.shape, dtype=logprobs.dtype, device=hidden.device)
     return zeros.masked_scatter(mask, logprobs), mask
-
-
-def common_prefix(rows: Sequence[Sequence[int]], keep: int = 1) -> int:
-    """Length of the token prefix all rows share, leaving each at least `keep` tokens."""
-    shortest = min(len(r) for r in rows)
-    n = 0
-    while n < shortest - keep and all(r[n] == rows[0][n] for r in rows):
-        n += 1
-    return n
 
 
 def packed_target_logprobs(

@@ -177,6 +177,15 @@ def target_labels(targets: Sequence[Sequence[int]]) -> torch.Tensor:
     return labels
 
 
+def common_prefix(rows: Sequence[Sequence[int]], keep: int = 1) -> int:
+    """Length of the token prefix all rows share, leaving each at least `keep` tokens."""
+    shortest = min(len(r) for r in rows)
+    n = 0
+    while n < shortest - keep and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
 @dataclass
 class SharedHead:
     """The tokens every target of a batch starts with, moved to the end of every prompt.
@@ -194,10 +203,7 @@ class SharedHead:
         cls, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
     ) -> tuple[SharedHead, list[list[int]], list[list[int]]]:
         """(head, prompts + head, targets minus head); every target keeps at least one token."""
-        shortest = min(len(t) for t in targets)
-        n = 0
-        while n < shortest - 1 and all(t[n] == targets[0][n] for t in targets):
-            n += 1
+        n = common_prefix(targets)
         head = [int(t) for t in targets[0][:n]]
         return (
             cls(head),

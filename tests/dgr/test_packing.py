@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.dgr.packing import Packing, common_prefix, packable, packed_target_logprobs
-from components.dgr.retriever import QueryPrompt, make_lm_batch, target_logprobs
+from components.dgr.packing import Packing, packable, packed_target_logprobs
+from components.dgr.retriever import QueryPrompt, common_prefix, make_lm_batch, target_logprobs
 from components.dgr.trie import encode_identifier
 
 
