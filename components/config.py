@@ -106,6 +106,7 @@ class DenseParams(Section):
     depth: int = Field(100, ge=1)  # hits retrieved per query
     batch_size: int = Field(64, ge=1)  # texts per encoder forward
     bf16: bool = True  # bf16 autocast where the CPU/GPU has native bf16
+    max_tokens: int | None = Field(None, ge=8)  # word pieces per text (None: the encoder's 256)
 
 
 class PromoteParams(Section):

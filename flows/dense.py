@@ -32,7 +32,8 @@ def dense_stage(params_path: str = "params.yaml") -> dict:
         dataset = load_beir(dataset_dir)
         corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
         started = time.perf_counter()
-        index = DenseIndex.build(corpus, batch_size=cfg.batch_size, bf16=cfg.bf16)
+        index = DenseIndex.build(corpus, batch_size=cfg.batch_size, bf16=cfg.bf16,
+                                 max_tokens=cfg.max_tokens)
         metrics = {"encode_seconds": time.perf_counter() - started}
         index_dir = index.save(layout.root / "dense" / "index")
         metrics["index_bytes"] = folder_bytes(index_dir)

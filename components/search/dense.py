@@ -102,12 +102,15 @@ class DenseIndex:
     """
 
     def __init__(self, encoder, index: faiss.Index, doc_ids: list[str], model_name: str,
-                 bf16: bool = False):
+                 bf16: bool = False, max_tokens: int | None = None):
         if index.ntotal != len(doc_ids):
             raise ValueError(f"index holds {index.ntotal} vectors but {len(doc_ids)} doc ids")
         dim = _embedding_dim(encoder)
         if index.d != dim:
             raise ValueError(f"index dimension {index.d} != encoder dimension {dim}")
+        if max_tokens is not None:
+            # The encoder reads no more than the corpus was encoded with (queries too).
+            encoder.max_seq_length = max_tokens
         self.encoder = encoder
         self.index = index
         self.doc_ids = doc_ids
@@ -126,22 +129,27 @@ class DenseIndex:
         model_name: str = MODEL_NAME,
         progress: bool = False,
         bf16: bool = False,
+        max_tokens: int | None = None,
     ) -> DenseIndex:
         """Encode `corpus` (doc id -> {"title", "text"}) and index it.
 
         `encoder` defaults to the bundled all-MiniLM-L6-v2; `model_name` is recorded in
         `meta.json` and must match on load. `bf16` encodes under bf16 autocast where the
-        CPU supports it natively (queries are then encoded the same way).
+        CPU supports it natively (queries are then encoded the same way). `max_tokens` cuts
+        every text to that many word pieces (default: the encoder's own limit, 256 for
+        MiniLM); it is recorded and applies to queries as well.
         """
         if not corpus:
             raise ValueError("cannot build a dense index over an empty corpus")
         encoder = encoder if encoder is not None else load_encoder()
+        if max_tokens is not None:
+            encoder.max_seq_length = max_tokens
         doc_ids = list(corpus)
         vectors = _encode(encoder, [doc_text(corpus[d]) for d in doc_ids], batch_size, progress,
                           bf16)
         index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(vectors)
-        return cls(encoder, index, doc_ids, model_name, bf16)
+        return cls(encoder, index, doc_ids, model_name, bf16, encoder.max_seq_length)
 
     def search(self, queries: Mapping[str, str], k: int = 100, batch_size: int = 64) -> Run:
         """Top-`k` documents per query (query id -> text), as a run: qid -> [(docid, score)].
@@ -172,7 +180,7 @@ class DenseIndex:
             faiss.write_index(self.index, str(tmp / INDEX_FILE))
             (tmp / DOC_IDS_FILE).write_text(json.dumps(self.doc_ids), encoding="utf-8")
             meta = {"model": self.model_name, "dim": self.index.d, "num_docs": len(self),
-                    "bf16": self.bf16}
+                    "bf16": self.bf16, "max_tokens": self.encoder.max_seq_length}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return folder
 
@@ -191,4 +199,5 @@ class DenseIndex:
         index = faiss.read_index(str(folder / INDEX_FILE))
         doc_ids = json.loads((folder / DOC_IDS_FILE).read_text(encoding="utf-8"))
         encoder = encoder if encoder is not None else load_encoder()
-        return cls(encoder, index, doc_ids, model_name, bool(meta.get("bf16", False)))
+        return cls(encoder, index, doc_ids, model_name, bool(meta.get("bf16", False)),
+                   meta.get("max_tokens"))

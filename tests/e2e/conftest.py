@@ -117,6 +117,7 @@ def build_tiny_model(out: Path) -> Path:
 def apply_test_profile(params: dict, tiny_model: Path) -> None:
     """The small test profile: the mini dataset, the tiny model, a few steps per stage."""
     params["data"].update(name=MINI, eval_queries=10)
+    params["dense"].update(max_tokens=64)
     params["base_model"]["source"] = str(tiny_model)
     params["teacher"].update(max_steps=3, global_batch_groups=2, top_layers=1,
                              checkpoint_every=1, max_doc_tokens=48, bf16=False)

@@ -108,6 +108,16 @@ def test_save_load_roundtrip_gives_identical_results(index, encoder, tmp_path):
     assert loaded.search(QUERIES, k=4) == index.search(QUERIES, k=4)
 
 
+def test_max_tokens_is_kept_with_the_index(tmp_path):
+    built = DenseIndex.build(CORPUS, load_encoder(), batch_size=4, max_tokens=8)
+    assert built.encoder.max_seq_length == 8
+    folder = built.save(tmp_path / "short")
+    assert json.loads((folder / META_FILE).read_text())["max_tokens"] == 8
+    loaded = DenseIndex.load(folder, load_encoder())
+    assert loaded.encoder.max_seq_length == 8  # queries are cut as the documents were
+    assert loaded.search(QUERIES, k=4) == built.search(QUERIES, k=4)
+
+
 def test_load_refuses_an_index_built_by_another_model(index, encoder, tmp_path):
     folder = index.save(tmp_path / "dense_index")
     with pytest.raises(ValueError, match="built with"):
