@@ -148,6 +148,8 @@ def scored_logprobs(
     chosen = model.get_decoder().norm(hidden.reshape(-1, hidden.shape[-1])[index])
     labels = labels.to(hidden.device)
     mask = labels != -100
+    if index.numel() != int(mask.sum()):
+        raise ValueError(f"{index.numel()} scoring positions for {int(mask.sum())} labels")
     logprobs = token_logprobs(model.get_output_embeddings(), chosen, labels[mask])
     zeros = torch.zeros(labels.shape, dtype=logprobs.dtype, device=hidden.device)
     return zeros.masked_scatter(mask, logprobs), mask
