@@ -85,9 +85,11 @@ class FrozenTrunk:
             [len(f) for f in fed],
             [slot[owners[i]] for i in missing],
         )
-        tokens = [torch.as_tensor(prompts[b]) for b in needed] + [torch.as_tensor(f) for f in fed]
+        tokens = [
+            torch.as_tensor(ids, dtype=torch.long) for ids in [prompts[b] for b in needed] + fed
+        ]
         device = next(self.model.parameters()).device
-        input_ids = packing.place([t.long() for t in tokens], torch.tensor(0)).to(device)
+        input_ids = packing.place(tokens, torch.tensor(0)).to(device)
         hidden = run_layers(self.model, self.decoder.embed_tokens(input_ids), packing, 0, self.k)
         for n, b in enumerate(needed):
             self._prompts[prompts[b]] = hidden[n, : len(prompts[b])].clone()
@@ -101,9 +103,9 @@ class FrozenTrunk:
         prompts: Sequence[Sequence[int]],
         targets: Sequence[Sequence[int]],
         owners: Sequence[int],
-        pad_id: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Same result as `shared_prompt_logprobs(model, prompts, targets, owners, pad_id)`."""
+        """Same result as `shared_prompt_logprobs(model, prompts, targets, owners, pad_id)`
+        (packed rows need no padding id)."""
         head, prompts, targets = SharedHead.split(prompts, targets)
         prompts = [tuple(p) for p in prompts]
         targets = [tuple(t) for t in targets]

@@ -333,10 +333,11 @@ class _Stage2:
                 identifier = self.index.targets(p.distill_view, doc_id, item.query, limit=1)[0]
                 targets.append(encode_identifier(self.tokenizer, p.distill_view, identifier))
                 owners.append(b)
-        trunk, pad_id = self._trunk_for(model), self.tokenizer.pad_token_id
+        trunk = self._trunk_for(model)
         if trunk is not None:
-            logprobs, mask = trunk.logprobs(prompts, targets, owners, pad_id)
+            logprobs, mask = trunk.logprobs(prompts, targets, owners)
         else:
+            pad_id = self.tokenizer.pad_token_id
             logprobs, mask = shared_prompt_logprobs(model, prompts, targets, owners, pad_id)
         flat_scores = logprobs.sum(-1)
         width = max(len(item.doc_ids) for item in batch)

@@ -102,15 +102,12 @@ class DenseIndex:
     """
 
     def __init__(self, encoder, index: faiss.Index, doc_ids: list[str], model_name: str,
-                 bf16: bool = False, max_tokens: int | None = None):
+                 bf16: bool = False):
         if index.ntotal != len(doc_ids):
             raise ValueError(f"index holds {index.ntotal} vectors but {len(doc_ids)} doc ids")
         dim = _embedding_dim(encoder)
         if index.d != dim:
             raise ValueError(f"index dimension {index.d} != encoder dimension {dim}")
-        if max_tokens is not None:
-            # The encoder reads no more than the corpus was encoded with (queries too).
-            encoder.max_seq_length = max_tokens
         self.encoder = encoder
         self.index = index
         self.doc_ids = doc_ids
@@ -149,7 +146,7 @@ class DenseIndex:
                           bf16)
         index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(vectors)
-        return cls(encoder, index, doc_ids, model_name, bf16, encoder.max_seq_length)
+        return cls(encoder, index, doc_ids, model_name, bf16)
 
     def search(self, queries: Mapping[str, str], k: int = 100, batch_size: int = 64) -> Run:
         """Top-`k` documents per query (query id -> text), as a run: qid -> [(docid, score)].
@@ -199,5 +196,6 @@ class DenseIndex:
         index = faiss.read_index(str(folder / INDEX_FILE))
         doc_ids = json.loads((folder / DOC_IDS_FILE).read_text(encoding="utf-8"))
         encoder = encoder if encoder is not None else load_encoder()
-        return cls(encoder, index, doc_ids, model_name, bool(meta.get("bf16", False)),
-                   meta.get("max_tokens"))
+        if meta.get("max_tokens") is not None:  # queries are cut as the documents were
+            encoder.max_seq_length = meta["max_tokens"]
+        return cls(encoder, index, doc_ids, model_name, bool(meta.get("bf16", False)))

@@ -66,7 +66,7 @@ def test_scores_and_gradients_equal_the_one_piece_scorer(
     trunk = FrozenTrunk.for_model(top_layer_model)
     assert trunk is not None and trunk.k == 1
     for _ in range(2):  # the first call fills the cache, the second reads it
-        got, got_mask = trunk.logprobs(prompts, targets, owners, pad)
+        got, got_mask = trunk.logprobs(prompts, targets, owners)
         assert trunk.cached_rows == len(targets)
         assert torch.equal(got_mask, expected_mask)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -78,7 +78,7 @@ def test_scores_and_gradients_equal_the_one_piece_scorer(
     # A batch in another order and padding, partly cached, still scores every row the same.
     order = [4, 1, 0]
     sub_prompts = [prompts[owners[i]] for i in order]
-    got, _ = trunk.logprobs(sub_prompts, [targets[i] for i in order], [0, 1, 2], pad)
+    got, _ = trunk.logprobs(sub_prompts, [targets[i] for i in order], [0, 1, 2])
     torch.testing.assert_close(got.sum(-1), expected.sum(-1)[order].detach(), atol=1e-5, rtol=1e-5)
 
 
