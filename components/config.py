@@ -198,6 +198,7 @@ class DGRParams(Section):
     temperature: float = Field(1.0, gt=0)
     margin: float = Field(0.0, ge=0)
     num_beams: int = Field(10, ge=1)
+    bf16: bool = True  # decoder layers in bf16 where native; the LM head stays fp32
 
 
 class BiEncoderParams(Section):

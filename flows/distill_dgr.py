@@ -59,7 +59,7 @@ def train_params(cfg, seed: int, max_steps: int) -> DGRTrainParams:
         batch_size=cfg.batch_size, max_steps=max_steps, max_doc_tokens=cfg.max_doc_tokens,
         checkpoint_every=cfg.checkpoint_every, seed=seed, num_passages=cfg.num_passages,
         sampling=cfg.sampling, distill_loss=cfg.distill_loss, distill_view=cfg.distill_view,
-        alpha=cfg.alpha, temperature=cfg.temperature, margin=cfg.margin)
+        alpha=cfg.alpha, temperature=cfg.temperature, margin=cfg.margin, bf16=cfg.bf16)
 
 
 CROSS_DATASET_NOTE = (
@@ -150,7 +150,8 @@ def distill_dgr(params_path: str = "params.yaml") -> dict:
         # Decoding is the slow part on CPU: the first `dgr.eval_queries` of the same sample.
         qids = qids[: cfg.eval_queries or None]
         test_queries = {q: queries[q] for q in qids}
-        config = RetrieverConfig(view_weights=dict(cfg.view_weights), batch_size=cfg.batch_size)
+        config = RetrieverConfig(view_weights=dict(cfg.view_weights), batch_size=cfg.batch_size,
+                                 bf16=cfg.bf16)
         timed = qids[: cfg.latency_queries]
         rest = {q: test_queries[q] for q in qids[len(timed):]}
         for system, model_dir in (("gr", out / "gr_model"), ("dgr", out / "dgr_model")):

@@ -35,6 +35,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from components.dgr.identifiers import SEMANTIC_ID, SPAN, TITLE, IdentifierIndex
+from components.dgr.precision import bf16_layers
 from components.dgr.trie import IdentifierTrie, encode_identifier
 from components.models.base_model import load_causal_lm, load_tokenizer
 from components.models.prompts import _split_chat_template  # the teacher's chat rendering
@@ -59,6 +60,7 @@ class RetrieverConfig:
     max_query_tokens: int = 64  # longer queries (and indexed passage texts) are cut
     batch_size: int = 8  # queries per generate() call
     use_chat_template: bool = True
+    bf16: bool = False  # from_pretrained: decoder layers in bf16 where native (`precision`)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "prompt_version": DGR_PROMPT_VERSION}
@@ -363,8 +365,11 @@ class GenerativeRetriever:
         config: RetrieverConfig | None = None,
         device: str | torch.device | None = None,
     ) -> GenerativeRetriever:
+        config = config or RetrieverConfig()
+        model = load_causal_lm(model_dir, device=device)
+        bf16_layers(model, config.bf16)
         return cls(
-            load_causal_lm(model_dir, device=device),
+            model,
             load_tokenizer(model_dir),
             IdentifierTrie.load(trie_path),
             IdentifierIndex.load(index_path),

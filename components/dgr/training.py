@@ -49,6 +49,7 @@ from components.atomic import atomic_path
 from components.dgr.frozen_trunk import FrozenTrunk
 from components.dgr.identifiers import SEMANTIC_ID, Corpus, IdentifierIndex
 from components.dgr.packing import packable, packed_target_logprobs
+from components.dgr.precision import bf16_layers
 from components.dgr.retriever import (
     QueryPrompt,
     make_lm_batch,
@@ -97,6 +98,8 @@ class DGRTrainParams:
     pair_weighting: Literal["dgr", "delta", "uniform"] = "dgr"  # ranknet only
     # top_layers mode: compute the frozen layers' states of each stage-2 row once (same scores).
     cache_frozen_states: bool = True
+    # Decoder layers under bf16 autocast where the hardware has native bf16 (`precision`).
+    bf16: bool = False
 
     def __post_init__(self):
         if self.train_mode not in ("full", "top_layers"):
@@ -414,6 +417,7 @@ def _train(
     seed_everything(params.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = apply_train_mode(load_causal_lm(base_model_dir, device=device), params)
+    bf16_layers(model, params.bf16)
     result = train_loop(model, task, params, checkpoint_dir, on_step, stop_after)
     out = None
     if result.completed:

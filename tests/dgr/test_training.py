@@ -42,11 +42,12 @@ def test_stage1_examples_cover_queries_and_every_passage(corpus, identifier_inde
         assert ("semantic_id", identifier_index.identifiers("semantic_id", doc_id)[0]) in indexed
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16_where_native"])
 def test_stage1_training_lowers_the_loss(
-    tiny_model_dir, tokenizer, corpus, identifier_index, tmp_path
+    tiny_model_dir, tokenizer, corpus, identifier_index, tmp_path, bf16
 ):
     examples = small_stage1_examples(corpus, identifier_index)
-    params = DGRTrainParams(lr=3e-3, batch_size=8, max_steps=12, checkpoint_every=100)
+    params = DGRTrainParams(lr=3e-3, batch_size=8, max_steps=12, checkpoint_every=100, bf16=bf16)
     before = evaluate_stage1(load_causal_lm(tiny_model_dir), tokenizer, examples, params)
     logged = []
     result = train_stage1(
