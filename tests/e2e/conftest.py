@@ -127,4 +127,4 @@ def apply_test_profile(params: dict, tiny_model: Path) -> None:
     params["promote"].update(queries=5, depth=5)
     params["dgr"].update(stage1_steps=3, stage2_steps=2, batch_size=2, num_beams=3,
                          top_layers=1, num_passages=3, semantic_dims=8, checkpoint_every=1,
-                         latency_queries=4)
+                         latency_queries=4, bf16=False)
