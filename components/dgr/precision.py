@@ -5,10 +5,10 @@ under bf16 autocast, as the teacher's do. Each layer is wrapped on its own, so t
 precision holds whether the layers run inside the model's forward (generate) or one by one
 over packed rows (`packing.run_layers`), and everything outside them stays in the weights'
 fp32: the embeddings, the residual stream between layers, the final norm and the LM head. An
-identifier's score is a sum of log-softmaxes over a 49k vocabulary; bf16 logits (8 bits of
-mantissa, steps of 0.06 at a logit of 16) would move it by more than the gaps between close
-beams. Where native bf16 is missing, autocast would be emulated and slower than fp32, so the
-model is left as it is.
+identifier's score is a sum of log-softmaxes over a 49k vocabulary; bf16 logits (8
+significant bits: a logit of 16 is rounded by up to 0.06, on every token) would move it by
+more than the gaps between close beams. Where native bf16 is missing, autocast would be
+emulated and slower than fp32, so the model is left as it is.
 """
 
 from __future__ import annotations
