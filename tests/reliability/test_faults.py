@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -181,10 +182,17 @@ RANK_LISTS_FILES = ["runs/teacher/test.trec", "rank_lists/train_states.safetenso
                     "runs/teacher/train.trec", "rank_lists/pairs.parquet"]
 
 
+def _written_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
 def _rank_lists_progress(root: Path, since: float) -> int:
     """Outputs written since the run started (it keeps no checkpoints: a rerun redoes all)."""
     paths = [root / "outputs" / MINI / name for name in RANK_LISTS_FILES]
-    return sum(path.exists() and path.stat().st_mtime >= since for path in paths)
+    return sum(_written_since(path, since) for path in paths)
 
 
 @dataclass(frozen=True)
@@ -226,6 +234,15 @@ LONG_STAGES = [
 ]
 
 
+def _progress_now(project: Project, stage: LongStage, since: float) -> int:
+    """The stage's progress, polled while it runs. DVC deletes a stage's outputs as it starts
+    it, so a file or folder seen a moment ago can be gone when it is read: no progress yet."""
+    try:
+        return stage.progress(project.root, since)
+    except FileNotFoundError:
+        return 0
+
+
 def _kill_when(project: Project, stage: LongStage, target: int) -> int:
     """Run the stage under `dvc repro`; SIGKILL its whole process group once its progress
     reaches `target`. Returns the progress seen at the kill."""
@@ -235,13 +252,14 @@ def _kill_when(project: Project, stage: LongStage, target: int) -> int:
                                start_new_session=True)
     since, deadline = time.time() - 1, time.monotonic() + 300
     try:
-        while (done := stage.progress(project.root, since)) < target:
+        while (done := _progress_now(project, stage, since)) < target:
             assert process.poll() is None, f"{stage.name} ended before the kill point " \
                 f"{target}:\n{process.stdout.read()[-3000:]}"
             assert time.monotonic() < deadline, f"{stage.name}: no progress {target} in 300 s"
             time.sleep(0.01)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the group ended on its own
+            os.killpg(process.pid, signal.SIGKILL)
         project.logs.append(process.communicate()[0])
     return done
 
