@@ -182,17 +182,10 @@ RANK_LISTS_FILES = ["runs/teacher/test.trec", "rank_lists/train_states.safetenso
                     "runs/teacher/train.trec", "rank_lists/pairs.parquet"]
 
 
-def _written_since(path: Path, since: float) -> bool:
-    try:
-        return path.stat().st_mtime >= since
-    except FileNotFoundError:
-        return False
-
-
 def _rank_lists_progress(root: Path, since: float) -> int:
     """Outputs written since the run started (it keeps no checkpoints: a rerun redoes all)."""
     paths = [root / "outputs" / MINI / name for name in RANK_LISTS_FILES]
-    return sum(_written_since(path, since) for path in paths)
+    return sum(path.exists() and path.stat().st_mtime >= since for path in paths)
 
 
 @dataclass(frozen=True)
