@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 from components import registry, tracking
 from components.atomic import write_text_atomic
-from components.config import load_params
+from components.config import JepaParams, load_params
 from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
@@ -51,6 +51,21 @@ from components.training.teacher_data import document_text
 from flows._stage import StageFailed, run_cli, stage_flow
 
 REGISTERED_NAME = "rabtriever"
+
+
+def train_params(cfg: JepaParams, seed: int) -> JepaTrainParams:
+    """The predictor's training knobs from `params.yaml`'s `jepa` section."""
+    return JepaTrainParams(
+        epochs=cfg.epochs,
+        top_m=cfg.top_m,
+        rkl_weight=cfg.rkl_weight,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        jepa_form=cfg.jepa_form,
+        jepa_temperature=cfg.jepa_temperature,
+        rkl_top_k=cfg.rkl_top_k,
+        seed=seed,
+    )
 
 
 def collected_documents(layout: Layout, retriever: Rabtriever) -> CollectedDocuments | None:
@@ -196,17 +211,7 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         def log_step(step, values):
             mlflow.log_metrics({k: float(v) for k, v in values.items()}, step=step)
 
-        train_cfg = JepaTrainParams(
-            epochs=cfg.epochs,
-            top_m=cfg.top_m,
-            rkl_weight=cfg.rkl_weight,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            jepa_form=cfg.jepa_form,
-            jepa_temperature=cfg.jepa_temperature,
-            rkl_top_k=cfg.rkl_top_k,
-            seed=params.seed,
-        )
+        train_cfg = train_params(cfg, params.seed)
         started = time.perf_counter()
         checkpoints = layout.checkpoints("distill_jepa")
         run_dir = checkpoints / run_key(

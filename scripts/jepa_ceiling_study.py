@@ -60,7 +60,7 @@ from components.losses.listwise_kl import listwise_kl  # noqa: E402
 from components.models.late_interaction import TokenStates  # noqa: E402
 from components.models.rabtriever import Predictor, document_token_states  # noqa: E402
 from components.runs import read_trec_run  # noqa: E402
-from components.training.jepa_trainer import JepaTrainParams, train_predictor  # noqa: E402
+from components.training.jepa_trainer import train_predictor  # noqa: E402
 
 LOSSES = ("jepa", "answer_rkl", "listwise_kl")
 
@@ -182,11 +182,8 @@ def main() -> None:
     predictor.features_out = nn.Linear(6, hidden)
     nn.init.zeros_(predictor.features_out.weight)
     nn.init.zeros_(predictor.features_out.bias)
-    train_cfg = JepaTrainParams(
-        epochs=cfg.epochs, top_m=cfg.top_m, lr=cfg.lr, batch_size=cfg.batch_size,
-        jepa_form=cfg.jepa_form, rkl_weight=cfg.rkl_weight, seed=params.seed)  # fmt: skip
     six = replace(data, features=with_bm25(data.features, train_pairs))
-    train_predictor(predictor, retriever.scorer, six, train_cfg)
+    train_predictor(predictor, retriever.scorer, six, bench.train_params())
     predictor.eval()
 
     def score_with_bm25(s: str, q: str) -> torch.Tensor:

@@ -15,9 +15,9 @@ from components.layout import Layout
 from components.models.late_interaction import TokenStates
 from components.models.rabtriever import Predictor, QueryEncoding, Rabtriever
 from components.runs import Run, read_trec_run
-from components.training.jepa_trainer import JepaTrainingData
+from components.training.jepa_trainer import JepaTrainingData, JepaTrainParams
 from components.training.teacher_data import document_text
-from flows.distill_jepa import collected_documents, teacher_training_data
+from flows.distill_jepa import collected_documents, teacher_training_data, train_params
 
 
 @dataclass
@@ -71,6 +71,10 @@ class StudentBench:
             self.queries, self.texts, self.params.jepa.encode_batch_size,
             collected_documents(self.layout, self.retriever))  # fmt: skip
         return data, tokens
+
+    def train_params(self) -> JepaTrainParams:
+        """The stage's predictor training knobs (`jepa` section, seed)."""
+        return train_params(self.params.jepa, self.params.seed)
 
     def fresh_predictor(self) -> Predictor:
         """An untrained predictor as the stage builds it (same seed, same shape)."""
@@ -137,6 +141,19 @@ class CandidateStates:
                 embs.append(self.embs[self.extra_rows[d]])
                 tokens.append(self.tokens.select([self.extra_rows[d]]))
         return torch.stack(embs), TokenStates.concat(tokens)
+
+
+def stage_features(
+    bench: StudentBench, states: CandidateStates, split: RerankSplit
+) -> dict[str, tuple[QueryEncoding, torch.Tensor]]:
+    """qid -> (the query as the stage encodes it, the stage's features [K, k] of its
+    candidates): what the maxsim predictor reads when it reranks `split`."""
+    retriever, out = bench.retriever, {}
+    for q in split.qids:
+        encoded = retriever.encode_query(bench.queries[q])
+        embs, tokens = states.get(split.cands[q])
+        out[q] = (encoded, retriever.features(encoded.tokens, encoded.pooled, embs, tokens))
+    return out
 
 
 def eval_split(bench: StudentBench) -> RerankSplit:

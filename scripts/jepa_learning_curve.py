@@ -40,7 +40,6 @@ from components.layout import Layout, run_key  # noqa: E402
 from components.runs import read_trec_run  # noqa: E402
 from components.training.jepa_trainer import (  # noqa: E402
     JepaTrainingData,
-    JepaTrainParams,
     TeacherPairs,
     build_training_data,
     train_predictor,
@@ -101,7 +100,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, nargs="+", default=[60, 120, 300])
     args = parser.parse_args()
     params = load_params(args.params)
-    cfg, layout = params.jepa, Layout(params.data.name)
+    layout = Layout(params.data.name)
     if params.data.trains_elsewhere:
         sys.exit(f"{params.data.name} trains on {params.data.train_name}: run the curve there")
     bench = StudentBench.load(params)
@@ -144,12 +143,8 @@ def main() -> None:
     for n in sorted(args.queries):
         subset = first_queries(data, n)
         predictor = bench.fresh_predictor()
-        train_cfg = JepaTrainParams(
-            epochs=cfg.epochs, top_m=cfg.top_m, rkl_weight=cfg.rkl_weight, lr=cfg.lr,
-            batch_size=cfg.batch_size, jepa_form=cfg.jepa_form,
-            jepa_temperature=cfg.jepa_temperature, rkl_top_k=cfg.rkl_top_k, seed=params.seed)
         started = time.perf_counter()
-        result = train_predictor(predictor, retriever.scorer, subset, train_cfg)
+        result = train_predictor(predictor, retriever.scorer, subset, bench.train_params())
         seconds = time.perf_counter() - started
         ndcg = bench.rerank_ndcg(predictor)
         lines.append(f"| {min(n, len(data.query_ids))} | {len(subset.pairs.query_index)} | "

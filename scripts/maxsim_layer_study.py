@@ -36,12 +36,19 @@ from components.settings import configure_environment  # noqa: E402
 configure_environment()
 
 import torch  # noqa: E402
-from jepa_eval import CandidateStates, StudentBench, dev_split, eval_split, split_ndcg  # noqa: E402
+from jepa_eval import (  # noqa: E402
+    CandidateStates,
+    StudentBench,
+    dev_split,
+    eval_split,
+    split_ndcg,
+    stage_features,
+)
 
 from components.config import load_params  # noqa: E402
 from components.models.late_interaction import maxsim_features  # noqa: E402
 from components.models.rabtriever import Predictor, document_token_states  # noqa: E402
-from components.training.jepa_trainer import JepaTrainParams, train_predictor  # noqa: E402
+from components.training.jepa_trainer import train_predictor  # noqa: E402
 
 STAGE_LAYER = 4  # the stored layer of the CPU default (jepa.maxsim_layers: [0, 4])
 
@@ -93,17 +100,9 @@ def main() -> None:
 
     # The stage's five features (layer 0, layer 4, pooled cosine) of the dev and test candidates.
     states = CandidateStates(bench, {d for c in dev.cands.values() for d in c})
-    stage_features, probe_features = {}, {}
-    for name, split in splits.items():
-        stage_features[name], probe_features[name] = {}, {}
-        for q in split.qids:
-            encoded = retriever.encode_query(bench.queries[q])
-            embs, tokens = states.get(split.cands[q])
-            stage_features[name][q] = (
-                encoded,
-                retriever.features(encoded.tokens, encoded.pooled, embs, tokens),
-            )
-            probe_features[name][q] = layer_features(q, split.cands[q])
+    stage = {name: stage_features(bench, states, split) for name, split in splits.items()}
+    probe_features = {name: {q: layer_features(q, split.cands[q]) for q in split.qids}
+                      for name, split in splits.items()}  # fmt: skip
     pairs = zip(data.pairs.query_index.tolist(), data.pairs.doc_index.tolist(), strict=True)
     train_probe = torch.cat([layer_features(data.query_ids[q], [data.doc_ids[d]])
                              for q, d in pairs])  # fmt: skip
@@ -114,8 +113,10 @@ def main() -> None:
     def trained(predictor_layers: list[int], columns: list[int]) -> dict[str, float]:
         """A fresh maxsim predictor on [layer 0's two, `columns` of the probe, pooled cosine]."""
 
-        def assemble(stage: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
-            return torch.cat([stage[:, :2], probe[:, columns], stage[:, -1:]], dim=1)
+        def assemble(five: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+            """Layer 0's two columns and the pooled cosine of the stage's five, the probe's
+            `columns` between them."""
+            return torch.cat([five[:, :2], probe[:, columns], five[:, -1:]], dim=1)
 
         torch.manual_seed(params.seed)
         predictor = Predictor(
@@ -125,20 +126,18 @@ def main() -> None:
             vocab_size=retriever.predictor.vocab_size,
         )
         predictor.idf.copy_(retriever.predictor.idf)
-        train_cfg = JepaTrainParams(
-            epochs=cfg.epochs, top_m=cfg.top_m, lr=cfg.lr, batch_size=cfg.batch_size,
-            jepa_form=cfg.jepa_form, rkl_weight=cfg.rkl_weight, seed=params.seed)  # fmt: skip
         features = assemble(data.features, train_probe)
-        train_predictor(predictor, retriever.scorer, replace(data, features=features), train_cfg)
+        train_predictor(predictor, retriever.scorer, replace(data, features=features),
+                        bench.train_params())  # fmt: skip
         predictor.eval()
         out = {}
         for name, split in splits.items():
             scores = {}
             for q in split.qids:
-                encoded, stage = stage_features[name][q]
+                encoded, five = stage[name][q]
                 with torch.no_grad():
                     prediction = predictor(encoded.state.reshape(1, -1), torch.zeros(1),
-                                           assemble(stage, probe_features[name][q]))  # fmt: skip
+                                           assemble(five, probe_features[name][q]))  # fmt: skip
                     scores[q] = retriever.scorer.score(prediction)
             out[name] = ndcg(name, scores)
         return out

@@ -42,11 +42,12 @@ from jepa_eval import (  # noqa: E402
     dev_split,
     eval_split,
     split_ndcg,
+    stage_features,
 )
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from components.config import load_params  # noqa: E402
-from components.training.jepa_trainer import JepaTrainParams, train_predictor  # noqa: E402
+from components.training.jepa_trainer import train_predictor  # noqa: E402
 
 
 def main() -> None:
@@ -56,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     bench = StudentBench.load(params)
-    retriever, depth, cfg = bench.retriever, bench.depth, params.jepa
+    retriever, depth = bench.retriever, bench.depth
     if not retriever.token_layers:
         raise SystemExit("the stage's student is not a maxsim predictor (jepa.predictor_form)")
     layers = retriever.token_layers
@@ -69,23 +70,21 @@ def main() -> None:
     states = CandidateStates(bench, {d for c in dev.cands.values() for d in c})
     missing = states.missing
 
-    def query_features(qids, cands):
+    def query_features(split):
         """qid -> (QueryEncoding, features [K, k]) for each query's candidates, and the same
         features with the pooled cosine taken from the query read through the document prompt
         (the alternative to the stage's query-prompt segment; one more full pass per query)."""
-        out, alternative = {}, {}
-        as_documents = retriever.encode_documents([bench.queries[q] for q in qids])
-        for q, pooled in zip(qids, as_documents, strict=True):
-            encoded = retriever.encode_query(bench.queries[q])
-            d_embs, d_tokens = states.get(cands[q])
-            out[q] = (encoded, retriever.features(encoded.tokens, encoded.pooled, d_embs, d_tokens))
-            changed = out[q][1].clone()
-            changed[:, -1] = torch.cosine_similarity(pooled[None], d_embs)
+        out, alternative = stage_features(bench, states, split), {}
+        as_documents = retriever.encode_documents([bench.queries[q] for q in split.qids])
+        for q, pooled in zip(split.qids, as_documents, strict=True):
+            encoded, features = out[q]
+            changed = features.clone()
+            changed[:, -1] = torch.cosine_similarity(pooled[None], states.get(split.cands[q])[0])
             alternative[q] = (encoded, changed)
         return out, alternative
 
-    dev_features, dev_alternative = query_features(dev.qids, dev.cands)
-    test_features, test_alternative = query_features(test.qids, test.cands)
+    dev_features, dev_alternative = query_features(dev)
+    test_features, test_alternative = query_features(test)
     sets = {"dev": (dev, dev_features), "test": (test, test_features)}
     alternative_sets = {"dev": dev_alternative, "test": test_alternative}
 
@@ -107,10 +106,8 @@ def main() -> None:
         predictor = bench.fresh_predictor()
         subset = (data.features if features is None else features).clone()
         subset[:, [c for c in range(len(names)) if c not in columns]] = 0.0
-        train_cfg = JepaTrainParams(
-            epochs=cfg.epochs, top_m=cfg.top_m, lr=cfg.lr, batch_size=cfg.batch_size,
-            jepa_form=cfg.jepa_form, rkl_weight=cfg.rkl_weight, seed=params.seed)  # fmt: skip
-        train_predictor(predictor, retriever.scorer, replace(data, features=subset), train_cfg)
+        train_predictor(predictor, retriever.scorer, replace(data, features=subset),
+                        bench.train_params())  # fmt: skip
         predictor.eval()
         keep = torch.zeros(len(names))
         keep[columns] = 1.0
