@@ -168,6 +168,7 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
             max_doc_tokens=params.teacher.max_doc_tokens,
             pooling=cfg.pooling,
             bf16=params.teacher.bf16,
+            maxsim_doc_tokens=cfg.maxsim_doc_tokens,
         )
         torch.manual_seed(params.seed)
         predictor = Predictor(

@@ -106,6 +106,7 @@ def main() -> None:
     student = Rabtriever.load(args.rabtriever, model_path=args.teacher, bf16=args.bf16)
     # Same weights, no document truncation: the lengths are set by this benchmark.
     student.prompts.max_doc_tokens = None
+    student.token_prompts.max_doc_tokens = None  # the same builder, or the maxsim cut's
     teacher = LLMReranker(student.model, student.tokenizer, student.template,
                           max_doc_tokens=None, bf16=args.bf16)
 

@@ -10,10 +10,14 @@ statistics of the two token sets. For each layer L of `layers`:
 
 plus the cosine of the two pooled vectors. q_i^L is the state of the query's i-th token at
 decoder layer L when the query is read through the document prompt (the context the document
-tokens had; the pass stops at the deepest layer used), t_i its token id. The query's pooled
-vector is the mean final state of its own segment ("{query_label}: {query}") of the query
-prompt, which the pass for its answer state computes anyway. Layer 0 is the token embedding:
-nothing is stored for it, the states are looked up from the token ids.
+tokens had; the pass stops at the deepest layer used), t_i its token id. The document's token
+states may come from a longer cut of it than the teacher reads (`jepa.maxsim_doc_tokens`): each
+document is encoded alone, at a cost linear in its length, and on SciFact, where 99% of the
+abstracts are longer than the teacher's 128 tokens, reading up to 512 orders the candidates
+better (docs/benchmarks.md, "How much of each document the maxsim predictor reads").
+The query's pooled vector is the mean final state of its own segment ("{query_label}: {query}")
+of the query prompt, which the pass for its answer state computes anyway. Layer 0 is the token
+embedding: nothing is stored for it, the states are looked up from the token ids.
 
 Why: a probe of the frozen teacher (docs/benchmarks.md, "What the frozen teacher's states hold")
 found that token-by-token comparison of lower-layer states orders candidates far better than any
@@ -102,16 +106,27 @@ class TokenStates:
         )
 
     def save(self, folder: Path) -> None:
+        """Token ids padded [N, T]; each layer's states packed [tokens, H] without the padding
+        (documents of very different lengths would otherwise store mostly zeros)."""
         np.save(folder / TOKEN_IDS_FILE, self.token_ids.numpy().astype(np.int32))
+        mask = self.mask
         for layer, states in self.states.items():
-            np.save(folder / states_file(layer), states.numpy())
+            np.save(folder / states_file(layer), states[mask].numpy())
         (folder / TOKEN_META_FILE).write_text(json.dumps({"layers": sorted(self.states)}))
 
     @classmethod
     def load(cls, folder: Path) -> TokenStates:
         layers = json.loads((folder / TOKEN_META_FILE).read_text())["layers"]
         ids = torch.from_numpy(np.load(folder / TOKEN_IDS_FILE).astype(np.int64))
-        states = {int(k): torch.from_numpy(np.load(folder / states_file(k))) for k in layers}
+        mask = ids >= 0
+        states = {}
+        for layer in layers:
+            stored = torch.from_numpy(np.load(folder / states_file(layer)))
+            if stored.dim() == 2:  # packed: scatter back into the padded layout
+                padded = torch.zeros(*ids.shape, stored.shape[-1], dtype=stored.dtype)
+                padded[mask] = stored
+                stored = padded
+            states[int(layer)] = stored
         return cls(ids, states)
 
     @staticmethod

@@ -177,6 +177,8 @@ class CollectedDocuments:
         for key, value in expected.items():
             if self.meta.get(key) != value:
                 return f"{key} is {self.meta.get(key)!r} there, {value!r} here"
+        if retriever.separate_token_pass:  # token states come from the student's own cut
+            return None
         missing = set(layer for layer in retriever.token_layers if layer > 0) - set(
             self.meta.get("token_layers", [])
         )
@@ -188,7 +190,10 @@ class CollectedDocuments:
         self, retriever, texts: Sequence[str], batch_size: int = 16
     ) -> tuple[torch.Tensor, TokenStates | None, int]:
         """`retriever.encode_corpus(texts)`, taking every collected document from here:
-        (pooled [N, H], token states or None, how many texts the retriever encoded itself)."""
+        (pooled [N, H], token states or None, how many texts the retriever ran a full pass
+        over). A student whose token states read another cut of each document than the
+        teacher's (`Rabtriever.separate_token_pass`) takes only the pooled vectors from here and
+        computes every document's token states itself, in a pass as deep as its deepest layer."""
         row = {key: i for i, key in enumerate(self.keys)}
         found = [row.get(text_key(t)) for t in texts]
         fresh = [i for i, r in enumerate(found) if r is None]
@@ -196,13 +201,20 @@ class CollectedDocuments:
         kept = [i for i, r in enumerate(found) if r is not None]
         if kept:
             embs[kept] = self.pooled[retriever.pooling][[found[i] for i in kept]]
-        fresh_embs, fresh_tokens = (retriever.encode_corpus([texts[i] for i in fresh], batch_size)
-                                    if fresh else (None, None))  # fmt: skip
+        own_cut = retriever.separate_token_pass
+        fresh_texts = [texts[i] for i in fresh]
+        fresh_embs, fresh_tokens = None, None
+        if fresh and own_cut:
+            fresh_embs = retriever.encode_documents(fresh_texts, batch_size)
+        elif fresh:
+            fresh_embs, fresh_tokens = retriever.encode_corpus(fresh_texts, batch_size)
         if fresh_embs is not None:
             embs[fresh] = fresh_embs
         layers = retriever.token_layers
         if not layers:
             return embs, None, len(fresh)
+        if own_cut:
+            return embs, retriever.document_token_states(texts, batch_size), len(fresh)
         stored = [layer for layer in layers if layer > 0]
         mine = self.tokens.select([found[i] for i in kept])
         parts = [TokenStates(mine.token_ids, {layer: mine.states[layer] for layer in stored})]

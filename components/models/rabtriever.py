@@ -552,6 +552,7 @@ def encode_query_tokens(
     pooling: str = "mean",
     autocast_bf16: bool = False,
     prefix_cache: PrefixCache | None = None,
+    token_builder: PromptBuilder | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, TokenStates]:
     """Queries for the maxsim predictor: the answer state [N, H] (pre-norm, as
     `encode_queries`) and the pooled post-norm vector [N, H] of the query's own segment
@@ -561,7 +562,8 @@ def encode_query_tokens(
 
     Measured on SciFact (docs/benchmarks.md): token states from the query prompt instead cost
     about 0.01 nDCG@10; the pooled vector from it costs about 0.005 and saves a full pass.
-    With `prefix_cache` and one query, only what follows the cached chat prefix runs."""
+    With `prefix_cache` and one query, only what follows the cached chat prefix runs.
+    `token_builder` (default `builder`) reads the query as a document: the documents' cut."""
     rows = _tokenize(tokenizer, [builder.build_query_prompt(q) for q in queries])
     starts = _prefix_lengths(tokenizer, builder, rows)
     stops = _own_lengths(tokenizer, builder, queries, rows)
@@ -590,7 +592,7 @@ def encode_query_tokens(
             pooled[index], _, _ = _kept_outputs(ids, mask, post, {}, [starts[i] for i in index],
                                                 pooling, [stops[i] for i in index])  # fmt: skip
     return answer, pooled, document_token_states(
-        model, tokenizer, builder, queries, layers, batch_size, autocast_bf16
+        model, tokenizer, token_builder or builder, queries, layers, batch_size, autocast_bf16
     )
 
 
@@ -687,6 +689,7 @@ class Rabtriever:
         pooling: str = "mean",
         bf16: bool = False,
         device: str | torch.device | None = None,
+        maxsim_doc_tokens: int | None = None,
     ):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -697,6 +700,15 @@ class Rabtriever:
         self.max_doc_tokens = max_doc_tokens
         self.pooling = pooling
         self.prompts = PromptBuilder(template, tokenizer, max_doc_tokens)
+        # The token states the maxsim predictor compares may read further into a document than
+        # the teacher's cut (None: the same cut): the student encodes each document alone, at a
+        # cost linear in its length, while the pooled vector keeps the teacher's view.
+        self.maxsim_doc_tokens = maxsim_doc_tokens or max_doc_tokens
+        self.token_prompts = (
+            self.prompts
+            if self.maxsim_doc_tokens == max_doc_tokens
+            else PromptBuilder(template, tokenizer, self.maxsim_doc_tokens)
+        )
         self.answer_tokens = resolve_answer_token_ids(tokenizer, template)
         hidden = model.config.hidden_size
         self.predictor = (predictor or Predictor(hidden)).to(self.device).eval()
@@ -747,15 +759,32 @@ class Rabtriever:
         """Decoder layers whose token states the predictor compares (empty: pooled only)."""
         return self.predictor.layers if self.predictor.uses_tokens else []
 
+    @property
+    def separate_token_pass(self) -> bool:
+        """Whether the compared token states come from their own pass, over a different cut of
+        each document (`maxsim_doc_tokens`) than the pooled vector's (`max_doc_tokens`)."""
+        return bool(self.token_layers) and self.token_prompts is not self.prompts
+
     def encode_corpus(
         self, documents: Sequence[str], batch_size: int = 16
     ) -> tuple[torch.Tensor, TokenStates | None]:
         """Pooled embeddings [N, H], plus token states when the predictor reads them."""
         if not self.token_layers:
             return self.encode_documents(documents, batch_size), None
+        if self.separate_token_pass:
+            pooled = self.encode_documents(documents, batch_size)
+            return pooled, self.document_token_states(documents, batch_size)
         return encode_document_tokens(
             self.model, self.tokenizer, self.prompts, documents, self.token_layers, batch_size,
             self.pooling, self.bf16,
+        )  # fmt: skip
+
+    def document_token_states(self, documents: Sequence[str], batch_size: int = 16) -> TokenStates:
+        """The token states the predictor compares, of documents cut at `maxsim_doc_tokens`,
+        from a pass only as deep as the deepest compared layer."""
+        return document_token_states(
+            self.model, self.tokenizer, self.token_prompts, documents, self.token_layers,
+            batch_size, self.bf16,
         )  # fmt: skip
 
     def encode_query(self, query: str) -> QueryEncoding:
@@ -777,13 +806,13 @@ class Rabtriever:
         `encode_query_tokens`."""
         return encode_query_tokens(
             self.model, self.tokenizer, self.prompts, queries, self.token_layers, batch_size,
-            self.pooling, self.bf16, prefix_cache,
+            self.pooling, self.bf16, prefix_cache, self.token_prompts,
         )  # fmt: skip
 
     def document_token_ids(self, documents: Sequence[str]) -> list[list[int]]:
         """The token ids `encode_document_tokens` keeps per document (no LLM pass): what the
         IDF table is fitted on."""
-        return document_token_ids(self.tokenizer, self.prompts, documents)
+        return document_token_ids(self.tokenizer, self.token_prompts, documents)
 
     def fit_idf(self, documents: Sequence[str]) -> None:
         """Fit the maxsim predictor's IDF table on these documents (the corpus to be indexed)."""
@@ -949,6 +978,7 @@ class Rabtriever:
             "predictor": self.predictor.config,
             "pooling": self.pooling,
             "max_doc_tokens": self.max_doc_tokens,
+            "maxsim_doc_tokens": self.maxsim_doc_tokens,
             "template": asdict(self.template),
             "template_fingerprint": self.template.fingerprint(),
             "answer_token_ids": self.answer_tokens.ids,
@@ -960,6 +990,7 @@ class Rabtriever:
             "format": FORMAT_VERSION,
             "pooling": self.pooling,
             "max_doc_tokens": self.max_doc_tokens,
+            "maxsim_doc_tokens": self.maxsim_doc_tokens,
             "template_fingerprint": self.template.fingerprint(),
             "hidden_size": self.predictor.hidden_size,
             "token_layers": [layer for layer in self.token_layers if layer > 0],
@@ -995,7 +1026,10 @@ class Rabtriever:
         path = Path(path)
         meta = json.loads((path / INDEX_META_FILE).read_text())
         expected = self.index_meta()
-        for key in ("pooling", "max_doc_tokens", "template_fingerprint", "hidden_size"):
+        meta.setdefault("maxsim_doc_tokens", meta.get("max_doc_tokens"))  # one cut before
+        keys = ("pooling", "max_doc_tokens", "maxsim_doc_tokens", "template_fingerprint",
+                "hidden_size")  # fmt: skip
+        for key in keys:
             if meta.get(key) != expected[key]:
                 raise ValueError(
                     f"document index {path} was encoded with {key}={meta.get(key)!r}, this "
@@ -1051,6 +1085,7 @@ class Rabtriever:
             config["pooling"],
             bf16=bf16,
             device=device,
+            maxsim_doc_tokens=config.get("maxsim_doc_tokens"),
         )
         if retriever.answer_tokens.ids != config["answer_token_ids"]:
             raise ValueError(

@@ -102,10 +102,15 @@ def test_token_states_select_concat_save_load(tmp_path):
     assert torch.equal(both.select([2, 0]).token_ids, both.token_ids[[2, 0]])
     both.save(tmp_path)
     assert TokenStates.exists(tmp_path)
+    # Stored packed: the 6 real tokens' states, no padding rows.
+    assert np.load(tmp_path / "doc_token_states_L3.npy").shape == (6, 4)
     loaded = TokenStates.load(tmp_path)
     assert torch.equal(loaded.token_ids, both.token_ids)
     assert torch.equal(loaded.states[3], both.states[3])
     assert np.load(tmp_path / "doc_token_ids.npy", allow_pickle=False).dtype == np.int32
+    # An index written in the earlier padded layout still loads.
+    np.save(tmp_path / "doc_token_states_L3.npy", both.states[3].numpy())
+    assert torch.equal(TokenStates.load(tmp_path).states[3], both.states[3])
 
 
 def test_maxsim_predictor_starts_as_the_query_state_and_reads_standardised_features():
@@ -200,6 +205,38 @@ def test_maxsim_student_encodes_ranks_saves_and_loads(maxsim_student, toy, tiny_
     too_deep = Predictor(64, form="maxsim", layers=[0, 3], vocab_size=10)
     with pytest.raises(ValueError, match="exceed"):
         Rabtriever(retriever.model, retriever.tokenizer, retriever.template, too_deep)
+
+
+def test_a_longer_maxsim_cut_reads_more_of_each_document(make_rabtriever, maxsim_student, toy,
+                                                        tiny_model_master, tmp_path):  # fmt: skip
+    # The pooled vector keeps the teacher's cut; the compared token states read further.
+    long_text = " ".join(toy.corpus.values())
+    longer = make_rabtriever(predictor=maxsim_student.predictor,
+                             maxsim_doc_tokens=2 * MAX_DOC_TOKENS)  # fmt: skip
+    assert longer.separate_token_pass and not maxsim_student.separate_token_pass
+    texts = [long_text, toy.corpus["d1"]]
+    pooled, tokens = longer.encode_corpus(texts)
+    cut_pooled, cut_tokens = maxsim_student.encode_corpus(texts)
+    torch.testing.assert_close(pooled, cut_pooled, atol=1e-5, rtol=1e-4)
+    lengths, cut_lengths = tokens.mask.sum(1).tolist(), cut_tokens.mask.sum(1).tolist()
+    assert lengths[0] > cut_lengths[0] + MAX_DOC_TOKENS // 2  # the long text is read further
+    assert lengths[1] == cut_lengths[1]  # a short one is whole either way
+    assert [len(ids) for ids in longer.document_token_ids(texts)] == lengths  # IDF sees them
+    # Causal attention: the tokens both cuts share have the same states (the cut's last token
+    # may be re-tokenised, so compare the ones before it).
+    shared = cut_lengths[0] - 2
+    torch.testing.assert_close(tokens.states[2][0, :shared], cut_tokens.states[2][0, :shared],
+                               atol=2e-3, rtol=0)  # fmt: skip
+
+    longer.index_corpus({"long": long_text, **toy.corpus})
+    query = toy.queries["q1"]
+    longer.save(tmp_path / "rab")
+    loaded = Rabtriever.load(tmp_path / "rab", model_path=tiny_model_master)
+    assert loaded.maxsim_doc_tokens == 2 * MAX_DOC_TOKENS and loaded.separate_token_pass
+    assert loaded.search(query, k=3) == longer.search(query, k=3)
+    # An index read at another cut is refused, not silently mixed.
+    with pytest.raises(ValueError, match="maxsim_doc_tokens"):
+        maxsim_student.load_index(tmp_path / "rab")
 
 
 def test_maxsim_training_learns_the_teachers_ranking(maxsim_student, toy):

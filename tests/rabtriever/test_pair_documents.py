@@ -98,6 +98,25 @@ def test_a_document_whose_last_token_merges_with_the_separator_is_left_to_the_st
     assert len(sink) == 0 and sink.unmatched == 1
 
 
+def test_a_student_reading_past_the_teachers_cut_takes_only_the_pooled_vectors(
+    teacher_model, tiny_tokenizer, template, toy, maxsim_student, make_rabtriever,
+    tiny_model_master, tmp_path
+):  # fmt: skip
+    sink = _collect(teacher_model, tiny_tokenizer, template, toy)
+    collected = _saved(sink, maxsim_student, tmp_path, tiny_model_master)
+    longer = make_rabtriever(predictor=maxsim_student.predictor,
+                             maxsim_doc_tokens=2 * MAX_DOC_TOKENS)  # fmt: skip
+    assert collected.mismatch(longer, model_fingerprint(tiny_model_master)) is None
+    scored = list(dict.fromkeys(toy.corpus[d] for pool in toy.pools.values() for d in pool))
+    texts = [scored[3], "A passage no pool holds, on tidal energy storage.", scored[0]]
+    embs, tokens, encoded = collected.encode(longer, texts)
+    assert encoded == 1  # one full pass, for the text the teacher never read
+    own_embs, own_tokens = longer.encode_corpus(texts)
+    torch.testing.assert_close(embs, own_embs, atol=1e-5, rtol=1e-4)
+    assert torch.equal(tokens.token_ids, own_tokens.token_ids)
+    torch.testing.assert_close(tokens.states[2], own_tokens.states[2], atol=2e-3, rtol=0)
+
+
 def test_states_from_another_setting_are_refused(
     teacher_model, tiny_tokenizer, template, toy, maxsim_student, make_rabtriever,
     tiny_model_master, tmp_path
