@@ -91,6 +91,12 @@ class TokenStates:
         rows = torch.as_tensor(rows, dtype=torch.long)
         return TokenStates(self.token_ids[rows], {k: v[rows] for k, v in self.states.items()})
 
+    def trimmed(self) -> TokenStates:
+        """The same texts without the padding columns none of them uses."""
+        width = int(self.mask.sum(1).max()) if len(self) else 0
+        states = {layer: rows[:, :width] for layer, rows in self.states.items()}
+        return TokenStates(self.token_ids[:, :width], states)
+
     @classmethod
     def concat(cls, parts: Sequence[TokenStates]) -> TokenStates:
         width = max(p.token_ids.shape[1] for p in parts)
@@ -226,7 +232,8 @@ def maxsim_features(
         vocab = unit_vocab if unit_vocab is not None else unit_vocabulary(embedding)
         vocab_sim = _unit_embeddings(embedding, query.token_ids[0, q_keep]) @ vocab.T
     for start in range(0, len(docs), chunk):
-        part = docs.select(range(start, min(start + chunk, len(docs))))
+        # Trimmed: a chunk of short documents skips the padding of the index's longest one.
+        part = docs.select(range(start, min(start + chunk, len(docs)))).trimmed()
         columns = []
         for layer in layers:
             best = _best_matches(query, q_keep, part, layer, embedding, vocab_sim)  # [n, |q|]

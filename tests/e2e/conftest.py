@@ -122,7 +122,7 @@ def apply_test_profile(params: dict, tiny_model: Path) -> None:
     params["teacher"].update(max_steps=3, global_batch_groups=2, top_layers=1,
                              checkpoint_every=1, max_doc_tokens=48, bf16=False)
     params["rank_lists"].update(train_queries=6, depth=5, train_depth=4, top_k_logits=16,
-                                document_layers=[2])
+                                document_layers=[])
     params["jepa"].update(epochs=2, predictor_width=64, top_m=2, full_k=20, maxsim_layers=[0, 2])
     params["promote"].update(queries=5, depth=5)
     params["dgr"].update(stage1_steps=3, stage2_steps=2, batch_size=2, num_beams=3,
