@@ -87,15 +87,15 @@ class TokenStates:
             padded[layer] = out
         return cls(ids, padded)
 
-    def select(self, rows: Sequence[int] | torch.Tensor) -> TokenStates:
+    def select(self, rows: Sequence[int] | torch.Tensor, trim: bool = False) -> TokenStates:
+        """These rows; `trim`: without the padding columns none of them uses (only their
+        width is copied, which matters in a scan of an index padded to its longest text)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        return TokenStates(self.token_ids[rows], {k: v[rows] for k, v in self.states.items()})
-
-    def trimmed(self) -> TokenStates:
-        """The same texts without the padding columns none of them uses."""
-        width = int(self.mask.sum(1).max()) if len(self) else 0
-        states = {layer: rows[:, :width] for layer, rows in self.states.items()}
-        return TokenStates(self.token_ids[:, :width], states)
+        width = self.token_ids.shape[1]
+        if trim and len(rows):
+            width = int(self.mask[rows].sum(1).max())
+        states = {layer: values[rows, :width] for layer, values in self.states.items()}
+        return TokenStates(self.token_ids[rows, :width], states)
 
     @classmethod
     def concat(cls, parts: Sequence[TokenStates]) -> TokenStates:
@@ -231,16 +231,18 @@ def maxsim_features(
     if scans_vocabulary(docs, layers, embedding):
         vocab = unit_vocab if unit_vocab is not None else unit_vocabulary(embedding)
         vocab_sim = _unit_embeddings(embedding, query.token_ids[0, q_keep]) @ vocab.T
+    # Shortest documents first, each chunk trimmed to its own longest: a scan then pads only
+    # to similar lengths, not every chunk to the index's longest document.
+    order = torch.argsort(docs.mask.sum(1), stable=True)
     for start in range(0, len(docs), chunk):
-        # Trimmed: a chunk of short documents skips the padding of the index's longest one.
-        part = docs.select(range(start, min(start + chunk, len(docs)))).trimmed()
+        rows = order[start : start + chunk]
+        part = docs.select(rows, trim=True)
         columns = []
         for layer in layers:
             best = _best_matches(query, q_keep, part, layer, embedding, vocab_sim)  # [n, |q|]
             columns += [best.mean(-1), best @ weights]
-        part_pooled = doc_pooled[start : start + len(part)]
-        cosine = F.cosine_similarity(query_pooled.reshape(1, -1), part_pooled)
-        out[start : start + len(part)] = torch.stack([*columns, cosine], dim=-1).float().cpu()
+        cosine = F.cosine_similarity(query_pooled.reshape(1, -1), doc_pooled[rows.to(device)])
+        out[rows] = torch.stack([*columns, cosine], dim=-1).float().cpu()
     return out
 
 

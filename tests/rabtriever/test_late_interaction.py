@@ -100,7 +100,7 @@ def test_token_states_select_concat_save_load(tmp_path):
                                rtol=0)  # fmt: skip
     assert torch.equal(both.states[3][1, 1:], torch.zeros(2, 4, dtype=torch.float16))
     assert torch.equal(both.select([2, 0]).token_ids, both.token_ids[[2, 0]])
-    short = both.select([1, 0]).trimmed()  # the padding no selected text uses is dropped
+    short = both.select([1, 0], trim=True)  # the padding no selected text uses is dropped
     assert short.token_ids.tolist() == [[7, -1], [5, 6]] and short.states[3].shape == (2, 2, 4)
     both.save(tmp_path)
     assert TokenStates.exists(tmp_path)
