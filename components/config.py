@@ -37,6 +37,8 @@ class DataParams(Section):
     train_split: str = "train"
     test_split: str = "test"
     eval_queries: int = Field(100, ge=0)  # 0 = all test queries
+    dev_queries: int = Field(100, ge=1)  # held-out dev queries carved from the training queries
+    dev_max_share: float = Field(0.25, gt=0, le=0.5)  # ...at most this share of them
     train_queries: int = Field(0, ge=0)  # 0 = all train queries
 
     @model_validator(mode="before")
@@ -114,7 +116,7 @@ class PromoteParams(Section):
     metrics: list[str] = ["ndcg_cut_10", "recall_10", "recip_rank_10"]  # not significantly worse
     alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired tests
     test: Literal["t-test", "permutation"] = "t-test"
-    queries: int = Field(20, ge=1)  # frozen split: the first N of the evaluation sample
+    queries: int = Field(20, ge=1)  # frozen split: the first N held-out dev queries
     depth: int = Field(10, ge=1)  # BM25 candidates the rerankers reorder
     models: list[str] = ["teacher-reranker", "rabtriever", "dgr"]  # promoted by the stage
 
@@ -167,7 +169,8 @@ class JepaParams(Section):
     jepa_form: Literal["kl", "smooth_l1"] = "smooth_l1"
     jepa_temperature: float = Field(1.0, gt=0)
     rkl_top_k: int = Field(0, ge=0)
-    corpus: Literal["pools", "full"] = "pools"
+    # none: rerank the first stage's top-K only | full: also retrieve over the whole corpus
+    corpus: Literal["none", "full"] = "none"
     full_k: int = Field(100, ge=1)
     encode_batch_size: int = Field(16, ge=1)
 
@@ -214,7 +217,6 @@ class BiEncoderParams(Section):
     temperature: float = Field(0.05, gt=0)
     max_doc_tokens: int = Field(128, ge=8)
     checkpoint_every: int = Field(20, ge=1)
-    corpus: Literal["pools", "full"] = "pools"  # the corpus Rabtriever's full mode searches
     full_k: int = Field(100, ge=1)
     encode_batch_size: int = Field(16, ge=1)
     bf16: bool = True

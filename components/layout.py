@@ -26,6 +26,11 @@ class Layout:
         return self.root / "validation"
 
     @property
+    def splits_file(self) -> Path:
+        """The query splits `validate` carves (components/data/splits.py)."""
+        return self.root / "splits.json"
+
+    @property
     def bm25_index(self) -> Path:
         return self.root / "bm25" / "index"
 

@@ -61,12 +61,19 @@ class PromotionSplit:
     qrels: dict[str, dict[str, int]]
     candidates: dict[str, list[str]]  # qid -> BM25 top-depth doc ids
     documents: dict[str, str]  # doc id -> text, for every candidate
+    name: str = "promotion"  # which queries these are, e.g. `scifact/heldout`
 
     @property
     def split_id(self) -> str:
         """Stable name of the split's content: queries, judgements and candidates."""
         content = json.dumps([self.queries, self.qrels, self.candidates], sort_keys=True)
         return hashlib.sha1(content.encode()).hexdigest()[:12]
+
+    def describe(self) -> dict:
+        """What every decision records about the queries it was made on."""
+        return {"split": self.name, "split_queries": len(self.queries),
+                "split_depth": max((len(c) for c in self.candidates.values()), default=0),
+                "split_id": self.split_id}
 
 
 @dataclass
@@ -186,7 +193,7 @@ def promote(name: str, split: PromotionSplit, primary: str, metrics: list[str],
     ensure_experiment(EXPERIMENT)
     tags = {"model": name, "challenger_version": challenger_version,
             "champion_version": champion_version or "none", "split_id": split.split_id,
-            "kind": "promotion"}
+            "split": split.name, "split_queries": str(len(split.queries)), "kind": "promotion"}
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(EXPERIMENT).experiment_id,
                           run_name=f"promote-{name}-v{challenger_version}", tags=tags,
                           nested=mlflow.active_run() is not None) as run:

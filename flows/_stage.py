@@ -14,6 +14,7 @@ DVC record the stage in dvc.lock) and says that Prefect missed the end of the ru
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from prefect.states import Failed
 
 from components.config import ParamsError
 from components.data.beir import DataFormatError
+from components.data.judgements import STAGE_ENV
 from components.tracking import TrackingUnavailable
 
 
@@ -53,6 +55,7 @@ def stage_flow(name: str) -> Callable:
         @functools.wraps(body)
         def guarded(*args, **kwargs):
             outcome.failed, outcome.message = None, ""
+            os.environ[STAGE_ENV] = name  # who reads which judgements (components/data/judgements)
             try:
                 result = body(*args, **kwargs)
             except EXPECTED_FAILURES as exc:

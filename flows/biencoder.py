@@ -21,7 +21,9 @@ from components import tracking
 from components.atomic import write_text_atomic
 from components.config import load_params
 from components.data.beir import load_beir
+from components.data.judgements import read_judgements
 from components.data.sampling import sample_query_ids
+from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout, run_key
 from components.models.base_model import load_causal_lm, load_tokenizer
@@ -30,7 +32,6 @@ from components.runs import read_trec_run, write_trec_run
 from components.training.biencoder_trainer import BiEncoderTrainParams, train_biencoder
 from components.training.teacher_data import build_groups
 from flows._stage import StageFailed, run_cli, stage_flow
-from flows.distill_jepa import retrieval_corpus
 
 SYSTEMS = ("biencoder_rerank", "biencoder_full")
 DISABLED_NOTE = ("The bi-encoder baseline is off in this profile (`biencoder.enabled: false`); "
@@ -56,12 +57,14 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
             write_disabled(layout)
             print(DISABLED_NOTE.strip())
             return {"enabled": False}
-        dataset = load_beir(dataset_dir)
+        dataset = load_beir(dataset_dir, qrels=False)
         corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
-        # The training data: data.train_name's (usually this dataset's) train split.
-        train_data = load_beir(params.data.train_dataset_dir())
+        # The training data: data.train_name's (usually this dataset's) training queries,
+        # never the held-out dev ones.
+        splits = QuerySplits.load(layout.splits_file)
+        train_data = load_beir(params.data.train_dataset_dir(), qrels=False)
         split = params.data.train_split
-        qrels = train_data.qrels_dict(split)
+        qrels = read_judgements(params.data.train_dataset_dir(), split, splits.train)
         keep = set(sample_query_ids(qrels, params.data.train_queries, params.seed))
         bm25_train, _ = read_trec_run(layout.train_bm25_run(params.data.train_name, split))
         groups = build_groups(train_data.corpus_dict(), train_data.queries_dict(),
@@ -92,7 +95,7 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
         if not result.completed:
             raise StageFailed(f"training stopped at step {result.steps_done}/{result.total_steps}")
 
-        doc_ids = retrieval_corpus(cfg.corpus, corpus, layout.rank_lists_dir)
+        doc_ids = sorted(corpus)  # the whole corpus: FAISS searches it exactly
         started = time.perf_counter()
         encoder.index_corpus({d: passage_text(corpus[d]) for d in doc_ids},
                              cfg.encode_batch_size)
@@ -100,17 +103,21 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
         out = encoder.save(layout.root / "biencoder")
         shutil.rmtree(layout.checkpoints("biencoder"), ignore_errors=True)  # done: no resume
 
-        test = params.data.test_split
-        qids = sample_query_ids(dataset.qrels_dict(test), params.data.eval_queries, params.seed)
-        bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{test}.trec")
-        depth, indexed = params.rank_lists.depth, set(doc_ids)
-        ranked, rerank_s = time_each(qids, lambda q: encoder.rerank(
-            queries[q], [d for d, _ in bm25_run.get(q, [])[:depth] if d in indexed]))
-        write_trec_run(layout.run_dir("biencoder_rerank") / f"{test}.trec",
-                       dict(zip(qids, ranked, strict=True)), "BiEncoder-rerank")
-        ranked, full_s = time_each(qids, lambda q: encoder.search(queries[q], cfg.full_k))
-        write_trec_run(layout.run_dir("biencoder_full") / f"{test}.trec",
-                       dict(zip(qids, ranked, strict=True)), "BiEncoder-full")
+        depth, timings = params.rank_lists.depth, {}
+        for split, qids in ((splits.test_split, splits.evaluated), (HELDOUT, splits.dev_evaluated)):
+            if not qids:
+                continue
+            bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{split}.trec")
+            ranked, timings[("rerank", split)] = time_each(qids, lambda q, r=bm25_run: (
+                encoder.rerank(queries[q], [d for d, _ in r.get(q, [])[:depth]])))
+            write_trec_run(layout.run_dir("biencoder_rerank") / f"{split}.trec",
+                           dict(zip(qids, ranked, strict=True)), "BiEncoder-rerank", topics=qids)
+            ranked, timings[("full", split)] = time_each(
+                qids, lambda q: encoder.search(queries[q], cfg.full_k))
+            write_trec_run(layout.run_dir("biencoder_full") / f"{split}.trec",
+                           dict(zip(qids, ranked, strict=True)), "BiEncoder-full", topics=qids)
+        rerank_s = timings[("rerank", splits.test_split)]
+        full_s = timings[("full", splits.test_split)]
         embeddings = folder_bytes(out / EMBEDDINGS_FILE)
         bm25_cost = read_cost(layout.run_dir("bm25"))
         bm25_s = bm25_cost["latency"]["median_ms"] / 1000 if bm25_cost else 0.0
@@ -118,7 +125,7 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
                    embeddings + folder_bytes(layout.bm25_index),
                    f"Lucene index + {len(doc_ids)} document embeddings; rerank top-{depth}")
         write_cost(layout.run_dir("biencoder_full"), full_s, embeddings,
-                   f"FAISS flat index of {len(doc_ids)} document embeddings ({cfg.corpus})")
+                   f"FAISS flat index of {len(doc_ids)} document embeddings (whole corpus)")
         metrics.update({"corpus_docs": len(doc_ids), "final_loss": result.losses[-1]})
         mlflow.log_metrics(metrics)
         print(json.dumps(metrics, indent=2))

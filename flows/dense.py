@@ -1,6 +1,7 @@
 """Stage `dense`: the all-MiniLM-L6-v2 + FAISS baseline over the whole corpus.
 
-Builds the exact inner-product index of every document, writes the test split's run, and
+Builds the exact inner-product index of every document, writes the runs of the test topics
+and the held-out dev queries, and
 times the test queries one at a time (encode + search, what a user waits for)
 into `runs/dense/cost.json`.
 """
@@ -14,7 +15,7 @@ import mlflow
 from components import tracking
 from components.config import load_params
 from components.data.beir import load_beir
-from components.data.sampling import sample_query_ids
+from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.costs import folder_bytes, time_each, write_cost
 from components.layout import Layout
 from components.runs import write_trec_run
@@ -29,7 +30,7 @@ def dense_stage(params_path: str = "params.yaml") -> dict:
     dataset_dir = params.data.dataset_dir()
     section = {"data": params.data.model_dump(), "dense": cfg.model_dump()}
     with tracking.stage_run("dense", params.tracking.experiment, section, dataset_dir):
-        dataset = load_beir(dataset_dir)
+        dataset = load_beir(dataset_dir, qrels=False)
         corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
         started = time.perf_counter()
         index = DenseIndex.build(corpus, batch_size=cfg.batch_size, bf16=cfg.bf16,
@@ -39,14 +40,18 @@ def dense_stage(params_path: str = "params.yaml") -> dict:
         metrics["index_bytes"] = folder_bytes(index_dir)
         print(f"encoded {len(index)} documents with {MODEL_NAME} in "
               f"{metrics['encode_seconds']:.0f}s ({metrics['index_bytes'] / 1e6:.1f} MB index)")
-        # Only the test split: nothing trains on the dense run.
-        test = params.data.test_split
-        run = index.search({q: queries[q] for q in dataset.qrels_dict(test)}, k=cfg.depth,
-                           batch_size=cfg.batch_size)
-        write_trec_run(layout.run_dir("dense") / f"{test}.trec", run, tag="MiniLM-L6")
-        print(f"{test}: {len(run)} queries, top-{cfg.depth}")
-        qids = sample_query_ids(dataset.qrels_dict(test), params.data.eval_queries, params.seed)
-        _, seconds = time_each(qids, lambda q: index.search({q: queries[q]}, k=cfg.depth))
+        # The evaluated splits only: nothing trains on the dense run.
+        splits = QuerySplits.load(layout.splits_file)
+        for split, qids in ((splits.test_split, splits.test), (HELDOUT, splits.dev_evaluated)):
+            if not qids:
+                continue
+            run = index.search({q: queries[q] for q in qids}, k=cfg.depth,
+                               batch_size=cfg.batch_size)
+            write_trec_run(layout.run_dir("dense") / f"{split}.trec", run, tag="MiniLM-L6",
+                           topics=qids)
+            print(f"{split}: {len(qids)} queries, top-{cfg.depth}")
+        _, seconds = time_each(splits.evaluated,
+                               lambda q: index.search({q: queries[q]}, k=cfg.depth))
         cost = write_cost(layout.run_dir("dense"), seconds, metrics["index_bytes"],
                           "FAISS flat index of MiniLM embeddings")
         metrics.update({f"latency_{k}": v for k, v in cost["latency"].items()})

@@ -1,11 +1,12 @@
 """Stage `distill_dgr`: generative retrieval (GR) and its distillation from the teacher (DGR).
 
-1. Identifiers for every passage of the students' corpus in the views of `dgr.views` (word
+1. Identifiers for every passage of the corpus in the views of `dgr.views` (word
    n-grams, title, semantic id from hierarchical k-means over TF-IDF/SVD vectors, a leading
    span, TF-IDF terms), and one prefix trie over their token sequences, so constrained beam
    search only yields existing identifiers.
-2. Stage 1 (GR): training queries -> identifiers of their relevant passages, plus indexing
-   examples (passage text -> identifiers); cross-entropy on identifier tokens.
+2. Stage 1 (GR): training queries (never the held-out dev ones) -> identifiers of their
+   relevant passages, plus indexing examples (passage text -> identifiers) of every passage;
+   cross-entropy on identifier tokens.
 3. Stage 2 (DGR): starting from the GR model, the teacher's rank lists of the training
    queries train the model's passage scores (identifier log-probabilities) with the distilled
    RankNet loss (or `dgr.distill_loss`), plus `dgr.alpha` x the generation loss.
@@ -29,7 +30,8 @@ from components import registry, tracking
 from components.atomic import write_text_atomic
 from components.config import load_params
 from components.data.beir import load_beir
-from components.data.sampling import sample_query_ids
+from components.data.judgements import read_judgements
+from components.data.splits import HELDOUT, QuerySplits
 from components.dgr.identifiers import IdentifierParams, build_identifier_index
 from components.dgr.pyfunc import log_dgr_model
 from components.dgr.retriever import GenerativeRetriever, RetrieverConfig
@@ -91,14 +93,15 @@ def distill_dgr(params_path: str = "params.yaml") -> dict:
     with tracking.stage_run("distill_dgr", params.tracking.experiment, section, dataset_dir):
         if params.data.trains_elsewhere:
             return skip_cross_dataset(layout, params)
-        dataset = load_beir(dataset_dir)
+        dataset = load_beir(dataset_dir, qrels=False)
         corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
-        doc_ids = json.loads((layout.rank_lists_dir / "corpus_subset.json").read_text())
-        sub_corpus = {d: corpus[d] for d in doc_ids}
+        splits = QuerySplits.load(layout.splits_file)
+        # Identifiers, trie and indexing examples cover the whole corpus.
+        doc_ids = sorted(corpus)
         started = time.perf_counter()
         embeddings = tfidf_embeddings(corpus, doc_ids, cfg.semantic_dims, params.seed)
         index = build_identifier_index(
-            sub_corpus, IdentifierParams(views=tuple(cfg.views), ngram_words=cfg.ngram_words,
+            corpus, IdentifierParams(views=tuple(cfg.views), ngram_words=cfg.ngram_words,
                                          seed=params.seed),
             embeddings=embeddings, doc_ids=doc_ids)
         tokenizer = load_tokenizer(layout.base_model)
@@ -111,13 +114,12 @@ def distill_dgr(params_path: str = "params.yaml") -> dict:
 
         train_split = params.data.train_split
         teacher_run, _ = read_trec_run(layout.run_dir(cfg.teacher_run) / f"{train_split}.trec")
-        train_qrels = dataset.qrels_dict(train_split)
-        train_qids = [q for q in teacher_run if q in train_qrels]
+        # The training queries' judgements only: the held-out dev queries train nothing.
+        qrels = read_judgements(dataset_dir, train_split, splits.train)
+        train_qids = [q for q in teacher_run if q in qrels]
         if not train_qids:
             raise StageFailed(f"the {cfg.teacher_run} run has no {train_split} queries")
-        qrels = {q: {d: g for d, g in train_qrels[q].items() if d in sub_corpus}
-                 for q in train_qids}
-        examples = stage1_examples(queries, qrels, sub_corpus, index, indexing=True)
+        examples = stage1_examples(queries, qrels, corpus, index, indexing=True)
         metrics = {"passages": len(doc_ids), "stage1_examples": len(examples)}
 
         def logger(prefix):
@@ -144,39 +146,42 @@ def distill_dgr(params_path: str = "params.yaml") -> dict:
         metrics["stage2_seconds"] = time.perf_counter() - started
         print(f"stage 1: {stage1.steps} steps; stage 2: {cfg.stage2_steps} steps")
 
-        split = params.data.test_split
-        qids = sample_query_ids(dataset.qrels_dict(split), params.data.eval_queries,
-                                params.seed)
-        # Decoding is the slow part on CPU: the first `dgr.eval_queries` of the same sample.
-        qids = qids[: cfg.eval_queries or None]
-        test_queries = {q: queries[q] for q in qids}
         config = RetrieverConfig(view_weights=dict(cfg.view_weights), batch_size=cfg.batch_size,
                                  bf16=cfg.bf16)
-        timed = qids[: cfg.latency_queries]
-        rest = {q: test_queries[q] for q in qids[len(timed):]}
+        # Decoding is the slow part on CPU: the first `dgr.eval_queries` of each evaluated set.
+        evaluated = {split: qids[: cfg.eval_queries or None] for split, qids in
+                     ((splits.test_split, splits.evaluated), (HELDOUT, splits.dev_evaluated))
+                     if qids}
         for system, model_dir in (("gr", out / "gr_model"), ("dgr", out / "dgr_model")):
             retriever = GenerativeRetriever.from_pretrained(
                 model_dir, out / "trie.json", out / "identifiers.json", config)
-            # The first `dgr.latency_queries` one at a time: each call's wall time is the
-            # decoding latency a user sees. The rest in batches of `dgr.batch_size`: the same
-            # beams per query, fewer passes over the weights.
-            ranked, seconds = time_each(
-                timed, lambda q, r=retriever: r.search({q: test_queries[q]}, k=cfg.num_beams)[q])
-            run = dict(zip(timed, ranked, strict=True))
-            started = time.perf_counter()
-            run.update(retriever.search(rest, k=cfg.num_beams))
-            batched = time.perf_counter() - started
-            metrics[f"{system}_ms_per_query"] = 1000 * sum(seconds) / len(timed)
-            if rest:
-                metrics[f"{system}_batched_ms_per_query"] = 1000 * batched / len(rest)
-            write_trec_run(layout.run_dir(system) / f"{split}.trec", run, system.upper())
-            write_cost(layout.run_dir(system), seconds,
-                       folder_bytes(out / "trie.json", out / "identifiers.json"),
-                       f"identifier trie + identifier map ({', '.join(cfg.views)})")
-            in_batches = (f", in batches {metrics[f'{system}_batched_ms_per_query']:.0f} "
-                          f"ms/query ({len(rest)})") if rest else ""  # fmt: skip
-            print(f"{system}: decoded {len(qids)} queries; one at a time "
-                  f"{metrics[f'{system}_ms_per_query']:.0f} ms/query ({len(timed)}){in_batches}")
+            for split, qids in evaluated.items():
+                asked = {q: queries[q] for q in qids}
+                # The test split's first `dgr.latency_queries` one at a time: each call's wall
+                # time is the decoding latency a user sees. The rest in batches of
+                # `dgr.batch_size`: the same beams per query, fewer passes over the weights.
+                timed = qids[: cfg.latency_queries] if split == splits.test_split else []
+                ranked, seconds = time_each(
+                    timed, lambda q, r=retriever, a=asked: r.search({q: a[q]}, k=cfg.num_beams)[q])
+                run = dict(zip(timed, ranked, strict=True))
+                rest = {q: asked[q] for q in qids[len(timed):]}
+                started = time.perf_counter()
+                run.update(retriever.search(rest, k=cfg.num_beams) if rest else {})
+                batched = time.perf_counter() - started
+                write_trec_run(layout.run_dir(system) / f"{split}.trec", run, system.upper(),
+                               topics=qids)
+                if rest:
+                    metrics[f"{system}_{split}_batched_ms_per_query"] = 1000 * batched / len(rest)
+                if not timed:
+                    print(f"{system}: decoded {len(qids)} {split} queries in batches "
+                          f"({1000 * batched / len(rest):.0f} ms/query)")
+                    continue
+                metrics[f"{system}_ms_per_query"] = 1000 * sum(seconds) / len(timed)
+                write_cost(layout.run_dir(system), seconds,
+                           folder_bytes(out / "trie.json", out / "identifiers.json"),
+                           f"identifier trie + identifier map ({', '.join(cfg.views)})")
+                print(f"{system}: decoded {len(qids)} {split} queries; one at a time "
+                      f"{metrics[f'{system}_ms_per_query']:.0f} ms/query ({len(timed)})")
         write_text_atomic(out / "summary.json", json.dumps(metrics, indent=2))
         mlflow.log_metrics(metrics)
         info = log_dgr_model(out / "dgr_model", out / "trie.json", out / "identifiers.json",

@@ -9,11 +9,9 @@ Documents the teacher already read in `rank_lists` come with their states from t
 (`rank_lists/documents`, `components/models/pair_documents.py`); only the others are encoded
 here.
 
-Evaluation: rerank BM25's top-K of the test queries (same K as `BM25 → teacher`) and
-retrieve over the encoded corpus. The CPU default encodes the corpus subset `rank_lists`
-chose (every scored candidate plus every relevant document of the scored queries;
-`jepa.corpus: pools`), next to which `rank_lists` put BM25 over the same documents; the GPU
-profile encodes the whole corpus (`jepa.corpus: full`).
+Evaluation, on the evaluated test queries and the held-out dev queries: rerank BM25's top-K
+(the same K as `BM25 → teacher`; the CPU default, `jepa.corpus: none`, encodes only those
+candidates) and, with `jepa.corpus: full`, retrieve over the dataset's whole corpus.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from components import registry, tracking
 from components.atomic import write_text_atomic
 from components.config import JepaParams, load_params
 from components.data.beir import load_beir
-from components.data.sampling import sample_query_ids
+from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout, run_key
 from components.models.late_interaction import TokenStates
@@ -146,10 +144,15 @@ def teacher_training_data(
     return data, doc_tokens, encoded
 
 
-def retrieval_corpus(mode: str, corpus_ids, rank_lists_dir: Path) -> list[str]:
+def index_documents(mode: str, corpus_ids, first_stage: dict, evaluated: dict,
+                    depth: int) -> list[str]:
+    """The documents the student indexes: the whole corpus (`jepa.corpus: full`), or only the
+    first stage's top-`depth` candidates of the evaluated queries (`none`: rerank only, the
+    CPU default). Never a set chosen by judgements."""
     if mode == "full":
         return sorted(corpus_ids)
-    return json.loads((rank_lists_dir / "corpus_subset.json").read_text())
+    return sorted({d for split, qids in evaluated.items() for q in qids
+                   for d, _ in first_stage[split].get(q, [])[:depth]})
 
 
 @stage_flow("distill_jepa")
@@ -159,7 +162,7 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
     dataset_dir = params.data.dataset_dir()
     section = {"jepa": cfg.model_dump(), "data": params.data.model_dump()}
     with tracking.stage_run("distill_jepa", params.tracking.experiment, section, dataset_dir):
-        dataset = load_beir(dataset_dir)
+        dataset = load_beir(dataset_dir, qrels=False)
         queries = dataset.queries_dict()
         doc_texts = {d: document_text(doc) for d, doc in dataset.corpus_dict().items()}
         retriever = Rabtriever.from_pretrained(
@@ -181,12 +184,23 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         )
         retriever.predictor = predictor
         mlflow.log_param("predictor_parameters", predictor.num_parameters())
-        doc_ids = retrieval_corpus(cfg.corpus, doc_texts, layout.rank_lists_dir)
-        if predictor.uses_tokens:  # IDF over the corpus the index will hold (token ids only)
-            retriever.fit_idf([doc_texts[d] for d in doc_ids])
+        splits = QuerySplits.load(layout.splits_file)
+        depth = params.rank_lists.depth
+        # The evaluated queries: the test sample and the held-out dev queries, each reranking
+        # BM25's top-K (the same K as `BM25 → teacher`).
+        evaluated = {split: qids for split, qids in
+                     ((splits.test_split, splits.evaluated), (HELDOUT, splits.dev_evaluated))
+                     if qids}
+        first_stage = {split: read_trec_run(layout.run_dir("bm25") / f"{split}.trec")[0]
+                       for split in evaluated}
+        doc_ids = index_documents(cfg.corpus, doc_texts, first_stage, evaluated, depth)
+        if predictor.uses_tokens:
+            # IDF over the whole corpus (token ids only): it does not depend on which
+            # documents this run indexes.
+            retriever.fit_idf(list(doc_texts.values()))
 
         if params.data.trains_elsewhere:  # the training pools are another dataset's
-            train = load_beir(params.data.train_dataset_dir())
+            train = load_beir(params.data.train_dataset_dir(), qrels=False)
             train_queries = train.queries_dict()
             train_texts = {d: document_text(doc) for d, doc in train.corpus_dict().items()}
         else:
@@ -231,11 +245,6 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
                 f"{stats.agreement}"
             )
 
-        split = params.data.test_split
-        bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{split}.trec")
-        qrels = dataset.qrels_dict(split)
-        qids = sample_query_ids(qrels, params.data.eval_queries, params.seed)
-        depth = params.rank_lists.depth
         started = time.perf_counter()
         # Reuse the training pools' embeddings, unless they are another corpus's documents.
         known = {} if params.data.trains_elsewhere else {d: i for i, d in enumerate(data.doc_ids)}
@@ -264,21 +273,26 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         # One query at a time: each call's wall time is the latency a user sees (one LLM
         # forward over the query, then predictor passes over the precomputed documents).
         indexed = set(doc_ids)
+        timings: dict[str, list[float]] = {}
+        for split, qids in evaluated.items():
+            bm25_run = first_stage[split]
 
-        def rerank_one(qid):
-            candidates = [d for d, _ in bm25_run.get(qid, [])[:depth] if d in indexed]
-            return retriever.rerank(queries[qid], candidates)
+            def rerank_one(qid, bm25_run=bm25_run):
+                candidates = [d for d, _ in bm25_run.get(qid, [])[:depth] if d in indexed]
+                return retriever.rerank(queries[qid], candidates)
 
-        ranked, rerank_s = time_each(qids, rerank_one)
-        rerank = dict(zip(qids, ranked, strict=True))
-        ranked, full_s = time_each(qids, lambda q: retriever.search(queries[q], cfg.full_k))
-        full = dict(zip(qids, ranked, strict=True))
-        rerank_ms = 1000 * sum(rerank_s) / len(qids)
-        full_ms = 1000 * sum(full_s) / len(qids)
-        write_trec_run(
-            layout.run_dir("rabtriever_rerank") / f"{split}.trec", rerank, "Rabtriever-rerank"
-        )
-        write_trec_run(layout.run_dir("rabtriever_full") / f"{split}.trec", full, "Rabtriever-full")
+            ranked, timings[f"rerank/{split}"] = time_each(qids, rerank_one)
+            write_trec_run(layout.run_dir("rabtriever_rerank") / f"{split}.trec",
+                           dict(zip(qids, ranked, strict=True)), "Rabtriever-rerank", topics=qids)
+            if cfg.corpus == "full":
+                ranked, timings[f"full/{split}"] = time_each(
+                    qids, lambda q: retriever.search(queries[q], cfg.full_k))
+                write_trec_run(layout.run_dir("rabtriever_full") / f"{split}.trec",
+                               dict(zip(qids, ranked, strict=True)), "Rabtriever-full",
+                               topics=qids)
+        test = splits.test_split
+        rerank_s = timings[f"rerank/{test}"]
+        rerank_ms = 1000 * sum(rerank_s) / len(rerank_s)
         retriever.save(layout.root / "rabtriever")
         # The student's index (pooled embeddings, token states for maxsim); rerank mode also
         # searches BM25's.
@@ -289,8 +303,16 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
         write_cost(layout.run_dir("rabtriever_rerank"), [s + bm25_s for s in rerank_s],
                    embeddings + folder_bytes(layout.bm25_index),
                    f"Lucene index + {len(doc_ids)} {what}; rerank top-{depth}")
-        write_cost(layout.run_dir("rabtriever_full"), full_s, embeddings,
-                   f"{len(doc_ids)} {what} ({cfg.corpus}), full scan")
+        full_ms = None
+        if cfg.corpus == "full":
+            full_s = timings[f"full/{test}"]
+            full_ms = 1000 * sum(full_s) / len(full_s)
+            write_cost(layout.run_dir("rabtriever_full"), full_s, embeddings,
+                       f"{len(doc_ids)} {what} (whole corpus), full scan")
+        else:  # the stage's output folder says why it holds no run
+            write_text_atomic(layout.run_dir("rabtriever_full") / "DISABLED.md",
+                              "No full-corpus run: jepa.corpus is `none` (rerank only). Set "
+                              "`jepa.corpus: full` to encode the whole corpus.\n")
         summary = {
             "corpus": cfg.corpus,
             "predictor_parameters": predictor.num_parameters(),
@@ -300,7 +322,7 @@ def distill_jepa(params_path: str = "params.yaml") -> dict:
             "encode_seconds": encode_seconds,
             "docs_encoded": pool_encoded + fresh_encoded,
             "rerank_ms_per_query": rerank_ms,
-            "full_ms_per_query": full_ms,
+            "full_ms_per_query": full_ms,  # None: no full-corpus index (jepa.corpus: none)
             "final_agreement": result.final_agreement,
         }
         summary_text = json.dumps(summary, indent=2)

@@ -1,4 +1,6 @@
-"""Stage `evaluate`: trec_eval metrics for every run file the pipeline produced."""
+"""Stage `evaluate`: trec_eval metrics for every run file the pipeline produced, with paired
+tests (Holm-corrected per split and query set) and, on `evaluate.primary`, the share of the
+teacher's gain each student keeps and its per-query win/tie/loss."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ from components import tracking
 from components.atomic import atomic_path, write_text_atomic
 from components.config import load_params
 from components.data import catalog
-from components.data.beir import load_beir
+from components.data.judgements import read_judgements
+from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.plots import metric_bars
-from components.evaluation.report import (
-    evaluate_runs,
+from components.evaluation.report import evaluate_runs
+from components.evaluation.table import (
     metrics_json,
     per_query_frame,
     plot_frame,
@@ -36,18 +39,25 @@ def evaluate(params_path: str = "params.yaml") -> dict:
     dataset_dir = params.data.dataset_dir()
     section = {"data": params.data.model_dump(), "evaluate": params.evaluate.model_dump()}
     with tracking.stage_run("evaluate", params.tracking.experiment, section, dataset_dir):
-        dataset = load_beir(dataset_dir)
-        qrels = {split: dataset.qrels_dict(split) for split in dataset.splits}
+        # The only stage that reads the test judgements; the held-out dev queries' come from
+        # the training split (components/data/splits.py).
+        splits = QuerySplits.load(layout.splits_file)
+        qrels = {splits.test_split: read_judgements(dataset_dir, splits.test_split)}
+        if splits.dev_evaluated:
+            qrels[HELDOUT] = read_judgements(dataset_dir, splits.train_split,
+                                             splits.dev_evaluated)
         cfg = params.evaluate
         # evaluate.metrics plus the dataset's own measures (e.g. R@1, R@3 for ESConv strategies)
         metric_keys = catalog.eval_metrics(params.data.name, cfg.metrics)
-        rows = evaluate_runs(layout.runs_dir, qrels, metric_keys, cfg.test)
+        rows = evaluate_runs(layout.runs_dir, qrels, metric_keys, cfg.test, cfg.primary,
+                             cfg.alpha)
         if not rows:
             raise StageFailed(f"no run files under {layout.runs_dir} to evaluate")
         out = layout.eval_dir
-        frame = results_frame(rows, metric_keys)
+        frame = results_frame(rows, metric_keys, cfg.primary)
         summary = metrics_json(rows)
-        markdown = results_markdown(rows, metric_keys, params.data.name, cfg.alpha, cfg.test)
+        markdown = results_markdown(rows, metric_keys, params.data.name, cfg.alpha, cfg.test,
+                                    cfg.primary)
         write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
         write_text_atomic(out / "results.md", markdown)
         with atomic_path(out / "results.csv") as tmp:
@@ -62,6 +72,11 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         mlflow.log_metrics({
             _metric_key(row.split, row.query_set, row.system, metric): value
             for row in rows for metric, value in row.metrics.items()
+        })
+        # Only defined ratios: an undefined gain kept is a note in the table, not a number.
+        mlflow.log_metrics({
+            _metric_key(row.split, row.query_set, row.system, "gain_kept"): row.gain.value
+            for row in rows if row.gain is not None and row.gain.defined
         })
         mlflow.log_artifacts(str(out), artifact_path="eval")
         print(markdown)

@@ -3,9 +3,10 @@
     python -m flows.promote                          # every model in promote.models
     python -m flows.promote --model rabtriever --version 3
 
-The frozen promotion split is the first `promote.queries` of the seeded evaluation sample
-(`data.eval_queries`, `seed`) of the test split, each with its BM25 top-`promote.depth`
-candidates; it changes only when those parameters or the data change. Decisions go to the
+The frozen promotion split is the first `promote.queries` of the held-out dev queries
+(`outputs/<dataset>/splits.json`, never a test query), each with its BM25 top-`promote.depth`
+candidates; it changes only when those parameters or the data change. Every decision names
+the split and its size. Decisions go to the
 MLflow experiment `promotion` (one tagged run each), to stdout, and to
 `outputs/<dataset>/promotion/decisions.json`. A model whose training stage skipped this
 dataset on purpose (e.g. GR/DGR when the models train on another dataset's queries) is not
@@ -25,7 +26,8 @@ from components import tracking
 from components.atomic import write_text_atomic
 from components.config import load_params
 from components.data.beir import load_beir
-from components.data.sampling import sample_query_ids
+from components.data.judgements import read_judgements
+from components.data.splits import HELDOUT, QuerySplits
 from components.layout import Layout
 from components.promotion import PromotionSplit, promote
 from components.runs import read_trec_run
@@ -34,18 +36,30 @@ from flows._stage import StageFailed, stage_flow
 
 
 def promotion_split(params) -> PromotionSplit:
+    """The first `promote.queries` held-out dev queries with their BM25 candidates. When the
+    models train on another dataset (`data.train_name`), its held-out queries over its corpus."""
     layout = Layout(params.data.name)
     cfg = params.promote
-    dataset = load_beir(params.data.dataset_dir())
-    test = params.data.test_split
-    qrels = dataset.qrels_dict(test)
-    qids = sample_query_ids(qrels, params.data.eval_queries, params.seed)[: cfg.queries]
-    bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{test}.trec")
+    splits = QuerySplits.load(layout.splits_file)
+    qids = splits.heldout[: cfg.queries]
+    if not qids:
+        raise StageFailed(f"no held-out dev queries in {layout.splits_file} to judge on")
+    train_dir = params.data.train_dataset_dir()
+    qrels = read_judgements(train_dir, splits.train_split, qids)
+    run_path = (layout.train_bm25_run(splits.train_name, splits.train_split)
+                if splits.trains_elsewhere else layout.run_dir("bm25") / f"{HELDOUT}.trec")
+    bm25_run, _ = read_trec_run(run_path)
     candidates = {q: [d for d, _ in bm25_run.get(q, [])[: cfg.depth]] for q in qids}
+    dataset = load_beir(train_dir, qrels=False)
     corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
     documents = {d: document_text(corpus[d]) for ids in candidates.values() for d in ids}
-    return PromotionSplit({q: queries[q] for q in qids}, {q: qrels[q] for q in qids},
-                          candidates, documents)
+    return PromotionSplit({q: queries[q] for q in qids}, qrels, candidates, documents,
+                          name=f"{splits.train_name}/{HELDOUT}")
+
+
+# Models that read the candidates' text, so they can be judged on another corpus's queries;
+# the others search an index of the evaluated corpus.
+READS_TEXT = {"teacher-reranker"}
 
 
 # Registered model -> the folder under outputs/<dataset>/ where its stage writes summary.json.
@@ -77,19 +91,23 @@ def promote_flow(params_path: str = "params.yaml", models: list[str] | None = No
         for name in models:
             # The registry may hold a version trained for another dataset: never judge it here.
             reason = skipped_on_this_dataset(layout, name)
+            if not reason and params.data.trains_elsewhere and name not in READS_TEXT:
+                reason = (f"its index holds {params.data.name} documents, and the held-out "
+                          f"dev queries are {params.data.train_name}'s")
             if reason:
                 print(f"{name}: not judged, its stage skipped this dataset: {reason}")
                 decisions.append({"model": name, "verdict": "skipped", "reason": reason,
-                                  "split_id": split.split_id})
+                                  **split.describe()})
                 continue
             try:
                 decision = promote(name, split, cfg.primary, cfg.metrics, cfg.alpha, cfg.test,
                                    version=version)
             except LookupError as exc:
                 raise StageFailed(str(exc)) from None
-            print(decision.summary())
+            print(f"{decision.summary()}\n  (judged on {split.name}: {len(split.queries)} "
+                  f"queries, BM25 top-{params.promote.depth})")
             decisions.append({**decision.__dict__, "verdict": decision.verdict,
-                              "split_id": split.split_id})
+                              **split.describe()})
         out = layout.root / "promotion" / "decisions.json"
         write_text_atomic(out, json.dumps(decisions, indent=2) + "\n")
         mlflow.log_dict(decisions, "promotion/decisions.json")

@@ -1,20 +1,19 @@
 """Stage `rank_lists`: the trained teacher rescores BM25 candidates.
 
-- Test queries (`data.eval_queries`, seeded): BM25 top-`rank_lists.depth` rescored, the
-  `BM25 → teacher` run.
-- Training queries (`rank_lists.train_queries`, seeded): BM25 top-`rank_lists.train_depth`
+- Test queries (`data.eval_queries`, seeded) and the held-out dev queries: BM25
+  top-`rank_lists.depth` rescored, the `BM25 → teacher` runs.
+- Training queries (`rank_lists.train_queries`, seeded, never the held-out ones): BM25
+  top-`rank_lists.train_depth`
   rescored; these rank lists and the teacher's per-pair states (final hidden state at the
   answer position, Yes/No logits, top-k vocabulary logits) are the distillation data, stored
   once so no student recomputes the teacher for a pair it already scored.
 - Every scored document's own states as Rabtriever encodes it (`rank_lists.document_layers`;
   the teacher reads the document first, so its pass holds them): `distill_jepa` then encodes
   only the documents the teacher never read (`components/models/pair_documents.py`).
-- The corpus subset the CPU students index (`corpus_subset.json`) and BM25 over it.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
@@ -28,6 +27,7 @@ from components.atomic import atomic_path
 from components.config import load_params
 from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
+from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout
 from components.models.pair_documents import (
@@ -59,26 +59,6 @@ def to_run(keys, scores) -> dict:
     return run
 
 
-def write_corpus_subset(layout, dataset, frames, test_split, train_split) -> None:
-    """The documents the CPU students index: every scored candidate plus every relevant
-    document of the scored queries. BM25 restricted to it is written beside it, so systems
-    that retrieve over this subset are compared with BM25 over exactly the same documents."""
-    pairs = pd.concat(frames, ignore_index=True)
-    docs = set(pairs["doc_id"])
-    for split in sorted(set(pairs["split"])):
-        qrels = dataset.qrels_dict(split)
-        for qid in set(pairs.loc[pairs["split"] == split, "query_id"]):
-            docs |= {d for d, grade in qrels.get(qid, {}).items() if grade > 0}
-    docs &= set(dataset.corpus["_id"])
-    with atomic_path(layout.rank_lists_dir / "corpus_subset.json") as tmp:
-        tmp.write_text(json.dumps(sorted(docs)))
-    bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{test_split}.trec")
-    test_qids = set(pairs.loc[pairs["split"] == test_split, "query_id"])
-    subset = {q: [(d, s) for d, s in bm25_run.get(q, []) if d in docs] for q in test_qids}
-    write_trec_run(layout.run_dir("bm25_subset") / f"{test_split}.trec", subset, "BM25-subset")
-    print(f"corpus subset for the students: {len(docs)} documents")
-
-
 @stage_flow("rank_lists")
 def rank_lists(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
@@ -86,9 +66,9 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
     dataset_dir = params.data.dataset_dir()
     section = {"rank_lists": cfg.model_dump(), "data": params.data.model_dump()}
     with tracking.stage_run("rank_lists", params.tracking.experiment, section, dataset_dir):
-        dataset = load_beir(dataset_dir)
-        train = (load_beir(params.data.train_dataset_dir()) if params.data.trains_elsewhere
-                 else dataset)
+        dataset = load_beir(dataset_dir, qrels=False)
+        train = (load_beir(params.data.train_dataset_dir(), qrels=False)
+                 if params.data.trains_elsewhere else dataset)
         reranker = LLMReranker.from_pretrained(
             layout.teacher_model, template=PromptTemplate.load(params.teacher.task),
             max_doc_tokens=params.teacher.max_doc_tokens, bf16=params.teacher.bf16)
@@ -98,15 +78,24 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
             documents = PairDocumentStates(reranker.tokenizer, reranker.prompts,
                                            cfg.document_layers,
                                            reranker.model.config.num_hidden_layers)
-        test_run = layout.run_dir("bm25") / f"{params.data.test_split}.trec"
-        train_run = layout.train_bm25_run(params.data.train_name, params.data.train_split)
-        splits = [(params.data.test_split, params.data.eval_queries, cfg.depth, False,
-                   dataset, test_run),
-                  (params.data.train_split, cfg.train_queries, cfg.train_depth, True,
-                   train, train_run)]
-        for split, n_queries, depth, keep_states, source, run_path in splits:
+        splits = QuerySplits.load(layout.splits_file)
+        bm25_dir = layout.run_dir("bm25")
+        # (split, queries, depth, what is kept, their dataset, BM25 run): the evaluated test
+        # queries one at a time (latency), the held-out dev queries in length buckets, and a
+        # sample of the training queries with the teacher's states (the distillation data).
+        jobs = [(splits.test_split, splits.evaluated, cfg.depth, "timed", dataset,
+                 bm25_dir / f"{splits.test_split}.trec"),
+                (HELDOUT, splits.dev_evaluated, cfg.depth, "scores", dataset,
+                 bm25_dir / f"{HELDOUT}.trec"),
+                (splits.train_split, sample_query_ids(splits.train, cfg.train_queries,
+                                                      params.seed),
+                 cfg.train_depth, "states", train,
+                 layout.train_bm25_run(params.data.train_name, splits.train_split))]
+        for split, qids, depth, kept, source, run_path in jobs:
+            if not qids:
+                continue
+            keep_states = kept == "states"
             bm25_run, _ = read_trec_run(run_path)
-            qids = sample_query_ids(source.qrels_dict(split), n_queries, params.seed)
             keys, pairs = candidate_pairs(bm25_run, qids, depth, source.corpus_dict(),
                                           source.queries_dict())
             started = time.perf_counter()
@@ -121,6 +110,8 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                     tensors["topk_logits"] = states.topk_logits.contiguous()
                 with atomic_path(layout.rank_lists_dir / f"{split}_states.safetensors") as tmp:
                     save_file(tensors, str(tmp))
+            elif kept == "scores":
+                scores = reranker.score_pairs(pairs, cfg.batch_size, documents)
             else:
                 # Test queries are scored one query at a time (its K candidates, bucketed by
                 # length), so each query's wall time is the reranking latency a user sees.
@@ -135,8 +126,9 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                 scores = [score for query_scores in per_query for score in query_scores]
             seconds = time.perf_counter() - started
             run = to_run(keys, scores)
-            write_trec_run(layout.run_dir("teacher") / f"{split}.trec", run, tag="BM25->teacher")
-            if not keep_states:
+            write_trec_run(layout.run_dir("teacher") / f"{split}.trec", run, tag="BM25->teacher",
+                           topics=qids)
+            if kept == "timed":
                 # Online cost of `BM25 -> teacher`: the teacher's time per query plus BM25's
                 # own (from the bm25 stage); it searches the BM25 index.
                 bm25_cost = read_cost(layout.run_dir("bm25"))
@@ -166,9 +158,6 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                   f"({documents.unmatched} left to it: BPE merged their last token)")
         with atomic_path(layout.rank_lists_dir / "pairs.parquet") as tmp:
             pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
-        # The students' corpus holds only the evaluated dataset's documents.
-        write_corpus_subset(layout, dataset, frames[:1] if params.data.trains_elsewhere
-                            else frames, params.data.test_split, params.data.train_split)
         mlflow.log_metrics(metrics)
     return metrics
 

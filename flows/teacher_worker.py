@@ -32,7 +32,9 @@ from components import tracking
 from components.atomic import write_text_atomic
 from components.config import Params, load_params
 from components.data.beir import load_beir
+from components.data.judgements import read_judgements
 from components.data.sampling import sample_query_ids
+from components.data.splits import QuerySplits
 from components.layout import Layout, run_key
 from components.models.prompts import PromptTemplate
 from components.runs import read_trec_run
@@ -60,7 +62,8 @@ def run_fingerprint(params: Params, data_hash: str) -> str:
     """Checkpoints are only resumed by a run with the same settings and data."""
     return run_key({"teacher": params.teacher.model_dump(), "seed": params.seed,
                     "base": params.base_model.model_dump(), "data": data_hash,
-                    "train_queries": params.data.train_queries})
+                    "train_queries": params.data.train_queries,
+                    "dev": [params.data.dev_queries, params.data.dev_max_share]})
 
 
 @dataclass
@@ -74,8 +77,10 @@ def training_inputs(params: Params) -> TrainingInputs:
     """Groups of one relevant document + BM25 hard negatives, the prompt, the resume folder."""
     cfg, layout = params.teacher, Layout(params.data.name)
     train_dir = params.data.train_dataset_dir()  # data.train_name (usually data.name)
-    dataset = load_beir(train_dir)
-    qrels = dataset.qrels_dict(params.data.train_split)
+    dataset = load_beir(train_dir, qrels=False)
+    # The training queries only: the held-out dev queries never reach a training stage.
+    splits = QuerySplits.load(layout.splits_file)
+    qrels = read_judgements(train_dir, params.data.train_split, splits.train)
     keep = set(sample_query_ids(qrels, params.data.train_queries, params.seed))
     bm25_run, _ = read_trec_run(layout.train_bm25_run(params.data.train_name,
                                                       params.data.train_split))

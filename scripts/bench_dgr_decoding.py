@@ -29,13 +29,12 @@ import torch  # noqa: E402
 
 from components.config import load_params  # noqa: E402
 from components.data.beir import load_beir  # noqa: E402
-from components.data.sampling import sample_query_ids  # noqa: E402
+from components.data.splits import QuerySplits  # noqa: E402
 from components.dgr.identifiers import IdentifierParams, build_identifier_index  # noqa: E402
 from components.dgr.retriever import GenerativeRetriever, RetrieverConfig  # noqa: E402
 from components.dgr.trie import build_trie  # noqa: E402
 from components.layout import Layout  # noqa: E402
 from components.models.base_model import load_causal_lm, load_tokenizer  # noqa: E402
-from components.runs import read_trec_run  # noqa: E402
 
 
 def main() -> None:
@@ -49,16 +48,12 @@ def main() -> None:
     params = load_params(args.params)
     cfg, layout = params.dgr, Layout(params.data.name)
     model_dir = Path(args.model) if args.model else layout.base_model
-    dataset = load_beir(params.data.dataset_dir())
+    dataset = load_beir(params.data.dataset_dir(), qrels=False)
     corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
-    split = params.data.test_split
-    qrels = dataset.qrels_dict(split)
-    qids = sample_query_ids(qrels, params.data.eval_queries, params.seed)[: args.queries]
-    bm25, _ = read_trec_run(layout.run_dir("bm25") / f"{split}.trec")
-    listed = {d for q in qids for d, _ in bm25[q][:10]}
-    doc_ids = sorted(listed | {d for q in qids for d in qrels[q]})
+    qids = QuerySplits.load(layout.splits_file).evaluated[: args.queries]
+    doc_ids = sorted(corpus)
     index = build_identifier_index(
-        {d: corpus[d] for d in doc_ids if d in corpus},
+        corpus,
         IdentifierParams(views=("ngram",), ngram_words=cfg.ngram_words, seed=params.seed))
     tokenizer = load_tokenizer(model_dir)
     retriever = GenerativeRetriever(

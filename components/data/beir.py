@@ -103,12 +103,18 @@ def read_qrels(path: Path) -> pd.DataFrame:
 
 @dataclass
 class BeirDataset:
-    """A dataset as frames (for validation) with dict views (for retrieval and evaluation)."""
+    """A dataset as frames (for validation) with dict views (for retrieval and evaluation).
+
+    Judgements (`qrels`) are read on first use, each split through
+    `components.data.judgements`, which records who read what: test judgements reach
+    `validate` and `evaluate` only (`tests/e2e` checks this over a whole pipeline run).
+    """
 
     path: Path
     corpus: pd.DataFrame
     queries: pd.DataFrame
-    qrels: dict[str, pd.DataFrame] = field(default_factory=dict)
+    qrels_files: dict[str, Path] = field(default_factory=dict)
+    _qrels: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -116,7 +122,22 @@ class BeirDataset:
 
     @property
     def splits(self) -> list[str]:
-        return sorted(self.qrels)
+        return sorted(self.qrels_files)
+
+    @property
+    def qrels(self) -> dict[str, pd.DataFrame]:
+        """Every split's judgements as frames (validation): reads them all."""
+        return {split: self.qrels_frame(split) for split in self.splits}
+
+    def qrels_frame(self, split: str) -> pd.DataFrame:
+        if split not in self.qrels_files:
+            raise KeyError(f"{self.path}: no qrels for split {split!r} (have: {self.splits})")
+        if split not in self._qrels:
+            from components.data.judgements import record_read
+
+            record_read(self.qrels_files[split])
+            self._qrels[split] = read_qrels(self.qrels_files[split])
+        return self._qrels[split]
 
     def file_of(self, part: str) -> Path:
         if part in ("corpus", "queries"):
@@ -131,16 +152,19 @@ class BeirDataset:
         return dict(zip(self.queries["_id"], self.queries["text"], strict=True))
 
     def qrels_dict(self, split: str) -> dict[str, dict[str, int]]:
-        if split not in self.qrels:
-            raise KeyError(f"{self.path}: no qrels for split {split!r} (have: {self.splits})")
         result: dict[str, dict[str, int]] = {}
-        for qid, docid, score in self.qrels[split][QRELS_HEADER].itertuples(index=False):
+        for qid, docid, score in self.qrels_frame(split)[QRELS_HEADER].itertuples(index=False):
             result.setdefault(qid, {})[docid] = int(score)
         return result
 
 
-def load_beir(path: str | Path) -> BeirDataset:
-    """Load every part of a BEIR folder. Missing files raise FileNotFoundError naming them."""
+def load_beir(path: str | Path, qrels: bool = True) -> BeirDataset:
+    """Load a BEIR folder. Missing files raise FileNotFoundError naming them.
+
+    `qrels=True` parses every judgement file now, so one error lists every malformed line of
+    every file (validation). Pipeline stages pass `qrels=False`: they read the judgements of
+    the splits they may use, when they use them.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"dataset folder {path} does not exist")
@@ -160,7 +184,10 @@ def load_beir(path: str | Path) -> BeirDataset:
         ("corpus", lambda: read_jsonl(corpus_file, ["_id", "title", "text"])),
         ("queries", lambda: read_jsonl(queries_file, ["_id", "text"])),
     ]
-    readers += [(f.stem, lambda f=f: read_qrels(f)) for f in qrels_files]
+    dataset = BeirDataset(path=path, corpus=pd.DataFrame(), queries=pd.DataFrame(),
+                          qrels_files={f.stem: f for f in qrels_files})
+    if qrels:
+        readers += [(f.stem, lambda f=f: dataset.qrels_frame(f.stem)) for f in qrels_files]
     for part, reader in readers:
         try:
             parts[part] = reader()
@@ -168,9 +195,5 @@ def load_beir(path: str | Path) -> BeirDataset:
             problems.extend(exc.problems)
     if problems:
         raise DataFormatError(problems)
-    return BeirDataset(
-        path=path,
-        corpus=parts.pop("corpus"),
-        queries=parts.pop("queries"),
-        qrels=parts,
-    )
+    dataset.corpus, dataset.queries = parts.pop("corpus"), parts.pop("queries")
+    return dataset

@@ -3,6 +3,12 @@
 Metric names follow trec_eval's output keys (`ndcg_cut_10`, `recall_100`, `map`, ...).
 `recip_rank_10` is MRR@10: trec_eval's `recip_rank` on the run cut at depth 10, the
 way MS MARCO defines it.
+
+Ties: trec_eval ignores a run's rank column and sorts each query by score, ties broken by doc
+id descending. Every metric here reads that ranking, the depth-10 cut included: a cut that
+broke ties the other way (as run files list them, doc id ascending) would keep documents
+trec_eval ranks below 10 and drop ones it ranks above, so MRR@10 and nDCG@10 would disagree
+on the same tied run. tests/evaluation/test_against_ranx.py pins this.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ def _trec_measure(metric: str) -> str:
 def _as_trec(run: Run, depth: int | None = None) -> dict[str, dict[str, float]]:
     result = {}
     for qid, hits in run.items():
-        ranked = sorted(hits, key=lambda pair: (-pair[1], pair[0]))
+        # trec_eval's order (score, then doc id, both descending), so the cut keeps its top.
+        ranked = sorted(hits, key=lambda pair: (pair[1], pair[0]), reverse=True)
         result[qid] = {docid: float(score) for docid, score in ranked[:depth]}
     return result
 

@@ -1,12 +1,20 @@
 """Score every run file of a dataset and build the results table.
 
 Runs live at `<runs_dir>/<system>/<split>.trec`, each beside its `cost.json` (per-query
-latency and index size, see components.evaluation.costs). Each row names the query set it
-was evaluated on; systems are compared only on identical query sets, so when a run covers
-a subset of the judged queries the table also gets the references (BM25 and the teacher)
-on exactly that subset. Every metric of every row carries a paired significance test
-against each reference on the same queries; the markdown table shows the significant ones
-as marks (see `MARK_LEGEND`).
+latency and index size, see components.evaluation.costs) and its `.topics` sidecar (the
+queries the system was asked). A row's query set is the judged queries the system was asked:
+one it answered with an empty ranking scores 0 on every metric instead of dropping out,
+which would flatter a system that fails on hard queries. A run without a sidecar falls back
+to the judged queries it answered. Systems are compared only on identical query sets, so
+when a run covers a subset of the judged queries the table also gets the references (BM25
+and the teacher) on exactly that subset. Every split is treated alike.
+
+Every metric of every row carries a paired significance test against each reference on the
+same queries. The tests of one split and query set form one family, corrected with Holm's
+step-down (components.evaluation.significance.holm); the table's marks read the adjusted
+p-values, results.csv keeps both. Each student row also gets the distillation headline on the
+primary metric (components.evaluation.headline): gain kept with its bootstrap interval, and
+win/tie/loss against both references.
 """
 
 from __future__ import annotations
@@ -14,34 +22,38 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import NamedTuple
 
 from components.evaluation.costs import read_cost
-from components.evaluation.metrics import METRIC_LABELS, mean_metrics, per_query_metrics
-from components.evaluation.significance import compare
-from components.runs import read_trec_run
+from components.evaluation.headline import GAIN_RESAMPLES, GainKept, gain_kept, win_tie_loss
+from components.evaluation.metrics import mean_metrics, per_query_metrics
+from components.evaluation.significance import compare, holm
+from components.runs import read_run_topics, read_trec_run
 
 # Run folder name -> the system's name in reports.
 SYSTEM_NAMES = {
     "bm25": "BM25",
     "dense": "Dense (MiniLM-L6)",
     "teacher": "BM25 → teacher",
-    "rabtriever_rerank": "Rabtriever (rerank@K)",
-    "rabtriever_full": "Rabtriever (full corpus)",
-    "bm25_subset": "BM25 (same corpus subset)",
-    "biencoder_rerank": "Bi-encoder, same LLM (rerank@K)",
-    "biencoder_full": "Bi-encoder, same LLM (full corpus)",
+    "rabtriever_rerank": "BM25 → Rabtriever",
+    "rabtriever_full": "Rabtriever (whole corpus)",
+    "biencoder_rerank": "BM25 → bi-encoder, same LLM",
+    "biencoder_full": "Bi-encoder, same LLM (whole corpus)",
     "gr": "GR (no distillation)",
     "dgr": "DGR",
 }
 BASELINE = "bm25"
+TEACHER = "teacher"
 # Shown again on every query subset another system was evaluated on, when their runs cover it,
 # and the systems every row is tested against.
-REFERENCES = ("bm25", "teacher")
-REFERENCE_MARKS = {"bm25": "B", "teacher": "T"}
-MARK_LEGEND = ("▲B / ▼B: significantly better / worse than BM25 on the same queries; "
-               "▲T / ▼T: the same against `BM25 → teacher` (paired {test}, p < {alpha}).")
+REFERENCES = (BASELINE, TEACHER)
+UNDEFINED_GAIN = "undefined: teacher not significantly above BM25"
+
+
+class PairedTest(NamedTuple):
+    p: float  # raw two-sided p-value
+    diff: float  # mean(row - reference)
+    p_holm: float  # Holm-adjusted within the row's split and query set
 
 
 @dataclass
@@ -53,12 +65,20 @@ class Row:
     metrics: dict[str, float]
     per_query: dict[str, dict[str, float]] = field(repr=False, default_factory=dict)
     cost: dict | None = None
-    # metric -> reference system -> (p-value, mean difference row - reference)
-    tests: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # metric -> reference system -> paired test of this row against it
+    tests: dict[str, dict[str, PairedTest]] = field(default_factory=dict)
+    # primary metric only: the share of the teacher's gain over BM25 (students only) ...
+    gain: GainKept | None = None
+    # ... and reference system -> (wins, ties, losses) per query
+    wtl: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return SYSTEM_NAMES.get(self.system, self.system)
+
+    @property
+    def is_student(self) -> bool:
+        return self.system not in REFERENCES
 
 
 def query_set_label(query_ids: list[str], judged: list[str]) -> str:
@@ -76,14 +96,26 @@ def discover_runs(runs_dir: Path) -> list[tuple[str, str, Path]]:
 
 
 def evaluate_runs(runs_dir: Path, qrels: dict[str, dict[str, dict[str, int]]],
-                  metrics: list[str], test: str = "t-test") -> list[Row]:
+                  metrics: list[str], test: str = "t-test", primary: str | None = None,
+                  alpha: float = 0.05, n_resamples: int = GAIN_RESAMPLES) -> list[Row]:
+    """Rows for every run of a split in `qrels`, tested, corrected, and with the headline on
+    `primary` (default: the first metric) at significance level `alpha`."""
+    primary = primary or metrics[0]
+    if primary not in metrics:
+        raise ValueError(f"evaluate.primary {primary!r} is not among the metrics {metrics}")
+    found = [(system, split, path) for system, split, path in discover_runs(runs_dir)
+             if split in qrels]
+    costs = {system: read_cost(path.parent) for system, _, path in found}
+    loaded, asked = {}, {}
+    for system, split, path in found:
+        run = read_trec_run(path)[0]
+        topics = read_run_topics(path)
+        loaded[(system, split)] = run
+        asked[(system, split)] = set(run) if topics is None else set(topics)
     rows: list[Row] = []
-    costs = {system: read_cost(path.parent) for system, _, path in discover_runs(runs_dir)}
-    loaded = {(system, split): read_trec_run(path)[0]
-              for system, split, path in discover_runs(runs_dir) if split in qrels}
     for (system, split), run in loaded.items():
         judged = sorted(qrels[split])
-        qids = sorted(set(run) & set(judged))
+        qids = sorted(asked[(system, split)] & set(judged))
         if not qids:
             continue
         per_query = per_query_metrics(run, qrels[split], metrics, qids)
@@ -96,117 +128,87 @@ def evaluate_runs(runs_dir: Path, qrels: dict[str, dict[str, dict[str, int]]],
             run = loaded.get((reference, row.split))
             exists = any(r.system == reference and r.split == row.split and
                          r.query_set == row.query_set for r in rows)
-            if run is None or exists or not set(qids) <= set(run):
+            if run is None or exists or not set(qids) <= asked[(reference, row.split)]:
                 continue
             per_query = per_query_metrics(run, qrels[row.split], metrics, qids)
             rows.append(Row(row.split, reference, row.query_set, len(qids),
                             mean_metrics(per_query), per_query, costs.get(reference)))
     add_significance(rows, test)
+    add_headline(rows, primary, alpha, n_resamples)
     order = {name: i for i, name in enumerate(SYSTEM_NAMES)}
     rows.sort(key=lambda r: (r.split, r.query_set != "all", r.query_set,
                              order.get(r.system, len(order)), r.system))
     return rows
 
 
-def add_significance(rows: list[Row], test: str = "t-test") -> None:
-    """Test every row against each reference row on the same split and query set."""
-    references = {(r.split, r.query_set, r.system): r for r in rows if r.system in REFERENCES}
-    for row in rows:
-        for reference in REFERENCES:
-            other = references.get((row.split, row.query_set, reference))
-            if other is None or other is row:
-                continue
-            for metric, values in row.per_query.items():
-                row.tests.setdefault(metric, {})[reference] = compare(
-                    values, other.per_query[metric], method=test)
-
-
-def significance_marks(row: Row, metric: str, alpha: float) -> str:
-    """`▲B▼T`-style marks for the references this row differs from significantly."""
-    marks = ""
-    for reference, (p_value, diff) in row.tests.get(metric, {}).items():
-        if p_value < alpha and diff != 0:
-            marks += ("▲" if diff > 0 else "▼") + REFERENCE_MARKS[reference]
-    return marks
-
-
-def metrics_json(rows: list[Row]) -> dict:
-    """split -> query set -> system -> metrics (nested so `dvc metrics show` reads it)."""
-    result: dict = {}
-    for row in rows:
-        entry = {**{k: round(v, 4) for k, v in row.metrics.items()}, "queries": row.n_queries}
-        result.setdefault(row.split, {}).setdefault(row.query_set, {})[row.name] = entry
-    return result
-
-
-def results_frame(rows: list[Row], metrics: list[str]) -> pd.DataFrame:
-    """One record per row: metrics, costs, and the p-values against each reference."""
-    records = []
-    for row in rows:
-        latency = (row.cost or {}).get("latency", {})
-        record = {"split": row.split, "query set": row.query_set, "queries": row.n_queries,
-                  "system": row.name}
-        record.update({METRIC_LABELS.get(m, m): round(row.metrics[m], 4) for m in metrics})
-        record["latency median (ms)"] = _rounded(latency.get("median_ms"), 1)
-        record["latency p95 (ms)"] = _rounded(latency.get("p95_ms"), 1)
-        index_bytes = (row.cost or {}).get("index_bytes")
-        record["index (MB)"] = _rounded(index_bytes / 1e6 if index_bytes else None, 2)
-        for metric in metrics:
-            for reference in REFERENCES:
-                p_value = row.tests.get(metric, {}).get(reference, (None, None))[0]
-                label = f"p vs {SYSTEM_NAMES[reference]} ({METRIC_LABELS.get(metric, metric)})"
-                record[label] = _rounded(p_value, 4)
-        records.append(record)
-    return pd.DataFrame.from_records(records)
-
-
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(float(value), digits)
-
-
-def results_markdown(rows: list[Row], metrics: list[str], dataset: str, alpha: float,
-                     test: str) -> str:
-    lines = [f"# Results: {dataset}", "",
-             "Rows are compared only within the same split and query set. Latency: one query "
-             "at a time on the machine that ran the stage (median / p95); index: bytes on "
-             "disk the system searches.", "", MARK_LEGEND.format(test=test, alpha=alpha), ""]
+def families(rows: list[Row]) -> dict[tuple[str, str], list[Row]]:
+    """(split, query set) -> its rows: the unit of comparison, and the Holm family."""
     groups: dict[tuple[str, str], list[Row]] = {}
     for row in rows:
         groups.setdefault((row.split, row.query_set), []).append(row)
-    for (split, query_set), group in groups.items():
-        table = pd.DataFrame.from_records([_markdown_record(r, metrics, alpha) for r in group])
-        lines += [f"## {split} — query set `{query_set}` ({group[0].n_queries} queries)", "",
-                  table.to_markdown(index=False), ""]
-    return "\n".join(lines)
+    return groups
 
 
-def _markdown_record(row: Row, metrics: list[str], alpha: float) -> dict:
-    record = {"system": row.name}
-    for metric in metrics:
-        marks = significance_marks(row, metric, alpha)
-        record[METRIC_LABELS.get(metric, metric)] = f"{row.metrics[metric]:.4f} {marks}".strip()
-    latency = (row.cost or {}).get("latency")
-    record["latency ms (median / p95)"] = (
-        f"{latency['median_ms']:.1f} / {latency['p95_ms']:.1f}" if latency else "—")
-    index_bytes = (row.cost or {}).get("index_bytes")
-    record["index"] = f"{index_bytes / 1e6:.1f} MB" if index_bytes else "—"
-    return record
+def _references(group: list[Row]) -> dict[str, Row]:
+    """The reference rows of one family, in `REFERENCES` order (the order of the marks)."""
+    return {r.system: r for reference in REFERENCES for r in group if r.system == reference}
 
 
-def plot_frame(frame: pd.DataFrame, split: str, primary: str) -> pd.DataFrame:
-    """The `dvc plots` data: one bar per row of `split`, labelled with its query set (a
-    system appears once per query set it was evaluated on; bars must never stack)."""
-    label = METRIC_LABELS.get(primary, primary)
-    rows = frame[frame["split"] == split]
-    names = rows["system"] + " · " + rows["query set"] + " (" + rows["queries"].astype(str) + " q)"
-    return pd.DataFrame({"row": names, label: rows[label]})
+def add_significance(rows: list[Row], test: str = "t-test") -> None:
+    """Test every row against each reference row on the same split and query set, then
+    Holm-correct each family: every distinct pair of systems x every metric, once (BM25's
+    row against the teacher is the teacher's row against BM25, not a second test)."""
+    for group in families(rows).values():
+        references = _references(group)
+        raw: dict[tuple[frozenset, str], tuple[float, float]] = {}
+        for row in group:
+            for reference, other in references.items():
+                if other is row:
+                    continue
+                for metric, values in row.per_query.items():
+                    pair = (frozenset((row.system, reference)), metric)
+                    if pair in raw:  # the same test seen from the other side
+                        p_value, diff = raw[pair]
+                        row.tests.setdefault(metric, {})[reference] = PairedTest(
+                            p_value, -diff, p_value)
+                        continue
+                    p_value, diff = compare(values, other.per_query[metric], method=test)
+                    raw[pair] = (p_value, diff)
+                    row.tests.setdefault(metric, {})[reference] = PairedTest(
+                        p_value, diff, p_value)
+        adjusted = dict(zip(raw, holm([p for p, _ in raw.values()]), strict=True))
+        for row in group:
+            for metric, by_reference in row.tests.items():
+                for reference, result in by_reference.items():
+                    pair = (frozenset((row.system, reference)), metric)
+                    by_reference[reference] = result._replace(p_holm=float(adjusted[pair]))
 
 
-def per_query_frame(rows: list[Row]) -> pd.DataFrame:
-    records = []
-    for row in rows:
-        for metric, values in row.per_query.items():
-            for qid, value in values.items():
-                records.append((row.split, row.query_set, row.name, metric, qid, value))
-    return pd.DataFrame.from_records(
-        records, columns=["split", "query_set", "system", "metric", "query_id", "value"])
+def teacher_beats_first_stage(group: list[Row], primary: str, alpha: float) -> bool:
+    """Is the teacher significantly above BM25 on this query set, after correction?"""
+    teacher = next((r for r in group if r.system == TEACHER), None)
+    result = teacher.tests.get(primary, {}).get(BASELINE) if teacher else None
+    return result is not None and result.p_holm < alpha and result.diff > 0
+
+
+def add_headline(rows: list[Row], primary: str, alpha: float,
+                 n_resamples: int = GAIN_RESAMPLES) -> None:
+    """Win/tie/loss of every row against each other reference, and gain kept of each student
+    row whose query set has both references: undefined unless the teacher significantly
+    beats BM25 there, as otherwise the ratio divides by noise. Call after `add_significance`."""
+    for group in families(rows).values():
+        references = _references(group)
+        significant = teacher_beats_first_stage(group, primary, alpha)
+        for row in group:
+            for reference, other in references.items():
+                if other is not row:
+                    row.wtl[reference] = win_tie_loss(row.per_query[primary],
+                                                      other.per_query[primary])
+            if not row.is_student or set(references) != set(REFERENCES):
+                continue
+            if not significant:
+                row.gain = GainKept(None, note=UNDEFINED_GAIN)
+                continue
+            row.gain = gain_kept(row.per_query[primary],
+                                 references[BASELINE].per_query[primary],
+                                 references[TEACHER].per_query[primary], n_resamples)

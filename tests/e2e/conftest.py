@@ -33,9 +33,10 @@ def project_env(root: Path) -> dict[str, str]:
     return env
 
 
-def run(command: list[str], root: Path, check: bool = True, timeout: int = 600):
-    result = subprocess.run(command, cwd=root, env=project_env(root), capture_output=True,
-                            text=True, timeout=timeout)
+def run(command: list[str], root: Path, check: bool = True, timeout: int = 600,
+        extra_env: dict[str, str] | None = None):
+    result = subprocess.run(command, cwd=root, env={**project_env(root), **(extra_env or {})},
+                            capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
                              f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")

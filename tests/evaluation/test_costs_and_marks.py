@@ -13,12 +13,8 @@ from components.evaluation.costs import (
     write_cost,
 )
 from components.evaluation.plots import metric_bars, plot_name
-from components.evaluation.report import (
-    evaluate_runs,
-    results_frame,
-    results_markdown,
-    significance_marks,
-)
+from components.evaluation.report import evaluate_runs
+from components.evaluation.table import results_frame, results_markdown, significance_marks
 from components.runs import write_trec_run
 
 METRICS = ["ndcg_cut_10", "recall_10"]
@@ -81,7 +77,7 @@ def test_rows_carry_costs_and_significance_against_both_references(runs):
     # A reference is never tested against itself.
     assert "bm25" not in rows["bm25"].tests.get("ndcg_cut_10", {})
     # The noisy system's p-value against BM25 is large: no mark.
-    assert rows["noisy"].tests["ndcg_cut_10"]["bm25"][0] > 0.05
+    assert rows["noisy"].tests["ndcg_cut_10"]["bm25"].p > 0.05
     assert "B" not in significance_marks(rows["noisy"], "ndcg_cut_10", 0.05)
 
 
@@ -91,12 +87,14 @@ def test_table_has_cost_columns_p_values_and_marks(runs):
     bm25 = frame.set_index("system").loc["BM25"]
     assert bm25["latency median (ms)"] == pytest.approx(3.0)
     assert bm25["index (MB)"] == pytest.approx(5.0)
-    assert pd.isna(bm25["p vs BM25 (nDCG@10)"])
+    assert pd.isna(bm25["p vs BM25 (nDCG@10)"]) and pd.isna(bm25["p Holm vs BM25 (nDCG@10)"])
     broken = frame.set_index("system").loc["broken"]
     assert broken["p vs BM25 → teacher (nDCG@10)"] < 0.05
+    # Holm never lowers a p-value.
+    assert broken["p Holm vs BM25 → teacher (nDCG@10)"] >= broken["p vs BM25 → teacher (nDCG@10)"]
     markdown = results_markdown(rows, METRICS, "toy", 0.05, "t-test")
     assert "▼B▼T" in markdown and "3.0 / 3.9" in markdown and "5.0 MB" in markdown
-    assert "paired t-test, p < 0.05" in markdown
+    assert "paired t-test, Holm-adjusted p < 0.05" in markdown
 
 
 def test_metric_bars_write_one_png_per_query_set(runs, tmp_path):

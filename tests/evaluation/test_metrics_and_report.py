@@ -3,8 +3,9 @@ import math
 import pytest
 
 from components.evaluation.metrics import mean_metrics, per_query_metrics
-from components.evaluation.report import evaluate_runs, metrics_json, query_set_label
-from components.runs import read_trec_run, write_trec_run
+from components.evaluation.report import evaluate_runs, query_set_label
+from components.evaluation.table import metrics_json
+from components.runs import read_run_topics, read_trec_run, write_trec_run
 
 QRELS = {"q1": {"a": 1, "b": 2}, "q2": {"c": 1}, "q3": {"d": 1}}
 
@@ -50,6 +51,55 @@ def test_subset_runs_get_a_baseline_row_on_the_same_queries(tmp_path):
     summary = metrics_json(rows)
     assert summary["test"][subset]["BM25 → teacher"]["queries"] == 2
     assert summary["test"][subset]["BM25"]["queries"] == 2
+
+
+def _write(path, run, topics=None):
+    """A run file, and its `.topics` sidecar listing `topics`, or no sidecar for None."""
+    write_trec_run(path, run, path.parent.name)
+    sidecar = path.with_suffix(".topics")
+    sidecar.unlink(missing_ok=True)
+    if topics is not None:
+        sidecar.write_text("".join(f"{q}\n" for q in topics))
+
+
+ALL_METRICS = ["ndcg_cut_10", "recall_100", "recip_rank_10", "map"]
+
+
+def test_an_empty_ranking_counts_as_zero_on_every_metric_and_in_the_query_count(tmp_path):
+    runs = tmp_path / "runs"
+    # Asked q1 and q2, answered only q1 (perfectly); q3 is judged but was not asked.
+    _write(runs / "sys" / "test.trec", {"q1": [("b", 2.0), ("a", 1.0)]}, ["q1", "q2"])
+    (row,) = evaluate_runs(runs, {"test": QRELS}, ALL_METRICS)
+    assert row.n_queries == 2 and row.query_set == query_set_label(["q1", "q2"], list(QRELS))
+    for metric in ALL_METRICS:
+        assert row.per_query[metric] == {"q1": pytest.approx(1.0), "q2": 0.0}, metric
+        assert row.metrics[metric] == pytest.approx(0.5), metric
+
+
+def test_a_run_without_topics_is_scored_on_the_judged_queries_it_answered(tmp_path):
+    runs = tmp_path / "runs"
+    _write(runs / "old" / "test.trec", {"q1": [("b", 2.0), ("a", 1.0)], "x": [("a", 1.0)]})
+    assert read_run_topics(runs / "old" / "test.trec") is None
+    (row,) = evaluate_runs(runs, {"test": QRELS}, ALL_METRICS)
+    assert row.n_queries == 1 and row.metrics["map"] == pytest.approx(1.0)
+
+
+def test_topics_reader_skips_blank_lines(tmp_path):
+    (tmp_path / "r.topics").write_text("q1\n\n  q2 \nq3")
+    assert read_run_topics(tmp_path / "r.trec") == ["q1", "q2", "q3"]
+
+
+def test_a_reference_covers_a_subset_with_queries_it_answered_with_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    # BM25 was asked everything but found nothing for q2; the teacher was asked q1 and q2.
+    _write(runs / "bm25" / "test.trec", {"q1": [("a", 1.0)], "q3": [("d", 1.0)]}, list(QRELS))
+    _write(runs / "teacher" / "test.trec", {"q1": [("b", 2.0)], "q2": [("c", 1.0)]},
+           ["q1", "q2"])
+    rows = evaluate_runs(runs, {"test": QRELS}, ["ndcg_cut_10"])
+    subset = query_set_label(["q1", "q2"], list(QRELS))
+    by_key = {(r.system, r.query_set): r for r in rows}
+    assert by_key[("bm25", "all")].n_queries == 3
+    assert by_key[("bm25", subset)].per_query["ndcg_cut_10"]["q2"] == 0.0
 
 
 def test_run_file_round_trip_and_errors(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.evaluation.report import plot_frame
+from components.evaluation.table import plot_frame
 
 REPO = Path(__file__).resolve().parents[2]
 

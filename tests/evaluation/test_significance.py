@@ -10,6 +10,7 @@ from components.evaluation.significance import (
     QuerySetMismatchError,
     bootstrap_ci,
     compare,
+    holm,
     paired_arrays,
 )
 
@@ -98,3 +99,22 @@ def test_bootstrap_ci_degenerate_inputs_collapse_onto_the_mean():
     assert bootstrap_ci(np.full(10, 0.7)) == (0.7, 0.7, 0.7)
     with pytest.raises(ValueError):
         bootstrap_ci([])
+
+
+def test_holm_on_the_textbook_example():
+    # Wikipedia's Holm-Bonferroni example: m = 4, alpha = 0.05. Sorted, 0.005 < 0.05/4 and
+    # 0.01 < 0.05/3 are rejected; 0.03 > 0.05/2 stops the step-down, so 0.04 is kept too.
+    # Adjusted by hand: 4 x 0.005, 3 x 0.01, max(0.03, 2 x 0.03), max(0.06, 1 x 0.04).
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert list(adjusted < 0.05) == [True, False, False, True]
+
+
+def test_holm_is_monotone_capped_and_handles_edge_cases():
+    # R's p.adjust(c(0.01, 0.02, 0.03, 0.04, 0.05), "holm") = 0.05 0.08 0.09 0.09 0.09
+    assert holm([0.01, 0.02, 0.03, 0.04, 0.05]) == pytest.approx([0.05, 0.08, 0.09, 0.09, 0.09])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([0.02]) == pytest.approx([0.02])  # a family of one is not corrected
+    assert holm([]).size == 0
+    with pytest.raises(ValueError, match="nan"):
+        holm([0.01, float("nan")])
