@@ -206,7 +206,7 @@ class DGRParams(Section):
 
 
 class BiEncoderParams(Section):
-    enabled: bool = False  # CPU default: off (cost in docs/benchmarks.md); GPU profile: on
+    enabled: bool = False  # CPU default: off (cost in docs/studies.md); GPU profile: on
     train_mode: Literal["top_layers", "full"] = "top_layers"
     top_layers: int = Field(6, ge=1)
     lr: float = Field(1e-4, gt=0)

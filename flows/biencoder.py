@@ -5,7 +5,7 @@ evaluated exactly like Rabtriever: reranking the BM25 top-K of the evaluation qu
 (`runs/biencoder_rerank`) and retrieving over the same corpus (`runs/biencoder_full`).
 
 It is off by default on CPU (`biencoder.enabled: false`; its cost is recorded in
-docs/benchmarks.md): the stage then only writes a note into its outputs, so the pipeline keeps
+docs/studies.md): the stage then only writes a note into its outputs, so the pipeline keeps
 the same shape whichever way it is set.
 """
 
@@ -35,7 +35,7 @@ from flows._stage import StageFailed, run_cli, stage_flow
 
 SYSTEMS = ("biencoder_rerank", "biencoder_full")
 DISABLED_NOTE = ("The bi-encoder baseline is off in this profile (`biencoder.enabled: false`); "
-                 "see docs/benchmarks.md for its measured figures.\n")
+                 "see docs/studies.md for its measured figures.\n")
 
 
 def write_disabled(layout: Layout) -> None:

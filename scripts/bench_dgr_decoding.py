@@ -1,4 +1,4 @@
-"""DGR decoding: one query at a time against batches of queries (docs/benchmarks.md).
+"""DGR decoding: one query at a time against batches of queries (docs/results.md).
 
     .venv/bin/python scripts/bench_dgr_decoding.py [--model outputs/scifact/dgr/gr_model] \
         [--queries 16] [--batch-size 8] [--params params.yaml]

@@ -1,4 +1,4 @@
-"""Seconds per DGR stage-2 step with and without the frozen-trunk cache (docs/benchmarks.md).
+"""Seconds per DGR stage-2 step with and without the frozen-trunk cache (docs/results.md).
 
     .venv/bin/python scripts/bench_dgr_stage2.py [--steps 12] [--queries 60] \
         [--teacher-run bm25] [--params params.yaml]

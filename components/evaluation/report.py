@@ -10,7 +10,8 @@ when a run covers a subset of the judged queries the table also gets the referen
 and the teacher) on exactly that subset. Every split is treated alike.
 
 Every metric of every row carries a paired significance test against each reference on the
-same queries. The tests of one split and query set form one family, corrected with Holm's
+same queries. The tests of one metric on one split and query set form one family (every
+system compared there, as an IR paper corrects its table's column), corrected with Holm's
 step-down (components.evaluation.significance.holm); the table's marks read the adjusted
 p-values, results.csv keeps both. Each student row also gets the distillation headline on the
 primary metric (components.evaluation.headline): gain kept with its bootstrap interval, and
@@ -47,6 +48,9 @@ TEACHER = "teacher"
 # Shown again on every query subset another system was evaluated on, when their runs cover it,
 # and the systems every row is tested against.
 REFERENCES = (BASELINE, TEACHER)
+# Scored again on every query subset a student was evaluated on: the references, and the
+# strongest first-stage baseline beside BM25, so a student is read against both.
+SHOWN_ON_SUBSETS = (BASELINE, "dense", TEACHER)
 UNDEFINED_GAIN = "undefined: teacher not significantly above BM25"
 
 
@@ -121,10 +125,10 @@ def evaluate_runs(runs_dir: Path, qrels: dict[str, dict[str, dict[str, int]]],
         per_query = per_query_metrics(run, qrels[split], metrics, qids)
         rows.append(Row(split, system, query_set_label(qids, judged), len(qids),
                         mean_metrics(per_query), per_query, costs.get(system)))
-    # The reference systems on every query subset another system was evaluated on.
+    # The references and baselines on every query subset another system was evaluated on.
     for row in list(rows):
         qids = sorted(row.per_query[metrics[0]])
-        for reference in REFERENCES:
+        for reference in SHOWN_ON_SUBSETS:
             run = loaded.get((reference, row.split))
             exists = any(r.system == reference and r.split == row.split and
                          r.query_set == row.query_set for r in rows)
@@ -156,8 +160,8 @@ def _references(group: list[Row]) -> dict[str, Row]:
 
 def add_significance(rows: list[Row], test: str = "t-test") -> None:
     """Test every row against each reference row on the same split and query set, then
-    Holm-correct each family: every distinct pair of systems x every metric, once (BM25's
-    row against the teacher is the teacher's row against BM25, not a second test)."""
+    Holm-correct each family: one metric, every distinct pair of systems once (BM25's row
+    against the teacher is the teacher's row against BM25, not a second test)."""
     for group in families(rows).values():
         references = _references(group)
         raw: dict[tuple[frozenset, str], tuple[float, float]] = {}
@@ -176,7 +180,10 @@ def add_significance(rows: list[Row], test: str = "t-test") -> None:
                     raw[pair] = (p_value, diff)
                     row.tests.setdefault(metric, {})[reference] = PairedTest(
                         p_value, diff, p_value)
-        adjusted = dict(zip(raw, holm([p for p, _ in raw.values()]), strict=True))
+        adjusted = {}
+        for metric in {metric for _, metric in raw}:
+            family = [pair for pair in raw if pair[1] == metric]
+            adjusted.update(zip(family, holm([raw[pair][0] for pair in family]), strict=True))
         for row in group:
             for metric, by_reference in row.tests.items():
                 for reference, result in by_reference.items():

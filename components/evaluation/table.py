@@ -1,6 +1,6 @@
 """The results table `evaluate` writes: results.md for people, results.csv and metrics.json
 for tools, plus the plot and per-query frames. Everything here only formats what
-components.evaluation.report computed; one table per split and query set (one Holm family).
+components.evaluation.report computed; one table per split and query set (one Holm family per metric).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ REFERENCE_SHORT = {"bm25": "BM25", "teacher": "teacher"}
 MARK_LEGEND = (
     "▲B / ▼B: significantly better / worse than BM25 on the same queries; ▲T / ▼T: the same "
     "against `BM25 → teacher` (paired {test}, Holm-adjusted p < {alpha}). Holm family: one "
-    "table below, i.e. one split and query set; it holds every distinct pair of systems tested "
-    "there (each row against each reference, BM25 vs teacher once) on every metric of the "
-    "table. results.csv keeps the raw and the adjusted p-values.")
+    "column of one table below (one metric on one split and query set); it holds every "
+    "distinct pair of systems tested there (each row against each reference, BM25 vs teacher "
+    "once). results.csv keeps the raw and the adjusted p-values.")
 GAIN_LEGEND = (
     "Gain kept ({primary}): (student − BM25) / (teacher − BM25) on the same queries: 100% "
     "matches the teacher, 0% is no better than BM25. In brackets its paired bootstrap 95% "

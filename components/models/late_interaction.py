@@ -14,12 +14,12 @@ tokens had; the pass stops at the deepest layer used), t_i its token id. The doc
 states may come from a longer cut of it than the teacher reads (`jepa.maxsim_doc_tokens`): each
 document is encoded alone, at a cost linear in its length, and on SciFact, where 99% of the
 abstracts are longer than the teacher's 128 tokens, reading up to 512 orders the candidates
-better (docs/benchmarks.md, "How much of each document the maxsim predictor reads").
+better (docs/studies.md, `maxsim_doc_length_study.py`).
 The query's pooled vector is the mean final state of its own segment ("{query_label}: {query}")
 of the query prompt, which the pass for its answer state computes anyway. Layer 0 is the token
 embedding: nothing is stored for it, the states are looked up from the token ids.
 
-Why: a probe of the frozen teacher (docs/benchmarks.md, "What the frozen teacher's states hold")
+Why: a probe of the frozen teacher (docs/studies.md, `probe_frozen_features.py`)
 found that token-by-token comparison of lower-layer states orders candidates far better than any
 single pooled vector, and a predictor trained on pooled vectors alone could not learn that from a
 few hundred teacher pairs.

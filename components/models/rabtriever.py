@@ -117,7 +117,7 @@ class Predictor(nn.Module):
             q' = q + rms(q) * W_f (f - mu) / sigma,     W_f [H, k] initialised to zero
         mu, sigma are fitted on the training pairs (`fit_feature_scaling`); the IDF table the
         features use travels with the weights (`idf`, fitted on the indexed corpus). Width and
-        depth are unused. Measured best on SciFact (docs/benchmarks.md): with a few hundred
+        depth are unused. Measured best on SciFact (docs/studies.md, `maxsim_study.py`): with a few hundred
         teacher pairs, an MLP over pooled vectors overfits where this small map generalises.
 
     Size: hidden 576 (SmolLM2), width 1024, depth 1, mlp -> about 2.4M parameters; maxsim with
@@ -560,7 +560,7 @@ def encode_query_tokens(
     the token states at `layers` of the query read as a document (`build_document_prompt`, the
     context the document tokens had), from a pass only as deep as the deepest layer asked for.
 
-    Measured on SciFact (docs/benchmarks.md): token states from the query prompt instead cost
+    Measured on SciFact (docs/studies.md): token states from the query prompt instead cost
     about 0.01 nDCG@10; the pooled vector from it costs about 0.005 and saves a full pass.
     With `prefix_cache` and one query, only what follows the cached chat prefix runs.
     `token_builder` (default `builder`) reads the query as a document: the documents' cut."""

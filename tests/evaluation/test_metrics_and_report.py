@@ -102,6 +102,17 @@ def test_a_reference_covers_a_subset_with_queries_it_answered_with_nothing(tmp_p
     assert by_key[("bm25", subset)].per_query["ndcg_cut_10"]["q2"] == 0.0
 
 
+def test_the_dense_baseline_is_scored_on_a_students_subset_too(tmp_path):
+    runs = tmp_path / "runs"
+    everything = {q: [("a", 1.0)] for q in QRELS}
+    for system in ("bm25", "dense"):
+        _write(runs / system / "test.trec", everything, list(QRELS))
+    _write(runs / "student" / "test.trec", {"q1": [("a", 1.0)]}, ["q1", "q2"])
+    rows = evaluate_runs(runs, {"test": QRELS}, ["ndcg_cut_10"])
+    subset = query_set_label(["q1", "q2"], list(QRELS))
+    assert {r.system for r in rows if r.query_set == subset} == {"bm25", "dense", "student"}
+
+
 def test_run_file_round_trip_and_errors(tmp_path):
     path = tmp_path / "r.trec"
     write_trec_run(path, {"q": [("b", 1.0), ("a", 1.0), ("c", 3.0)]}, "sys")
