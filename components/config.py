@@ -163,7 +163,7 @@ class JepaParams(Section):
     pooling: Literal["mean", "last"] = "mean"
     epochs: int = Field(40, ge=1)
     top_m: int = Field(5, ge=1)
-    rkl_weight: float = Field(0.0, ge=0)
+    rkl_weight: float = Field(1.0, ge=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
     jepa_form: Literal["kl", "smooth_l1"] = "smooth_l1"

@@ -104,5 +104,9 @@ def test_stage2_trains_the_same_with_and_without_the_cache(
     (cached_losses, cached_weights), (plain_losses, plain_weights) = runs[True], runs[False]
     assert len(cached_losses) == 4 and cached_losses[-1] < cached_losses[0]
     np.testing.assert_allclose(cached_losses, plain_losses, rtol=1e-4, atol=1e-5)
+    # Adam divides each update by the gradient's running RMS, so an element whose gradient is
+    # near zero turns a last-bit difference of the two summation orders into a visible weight
+    # difference (1.4e-5 on one of 8192 elements on an Intel Xeon, after 4 steps of lr 3e-3):
+    # a tolerance of 1/60 of one step, far below what a real difference would move.
     for name, weight in plain_weights.items():
-        torch.testing.assert_close(cached_weights[name], weight, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(cached_weights[name], weight, atol=5e-5, rtol=1e-4)

@@ -145,6 +145,19 @@ def test_models_are_registered_promoted_and_load(pipeline_result):
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
 
 
+def test_dev_sweep_scores_values_on_heldout_queries_without_touching_the_workspace(
+        pipeline_result):
+    root, _ = pipeline_result
+    student = root / "outputs" / MINI / "runs/rabtriever_rerank/heldout.trec"
+    before = (_digest(root / "params.yaml"), _digest(student))
+    result = run(["python", "scripts/dev_sweep.py", "--key", "jepa.rkl_weight", "--values", "0",
+                  "0.5", "--stages", "distill_jepa", "--systems", "rabtriever_rerank"], root)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| rabtriever")]
+    assert [row.split("|")[2].strip() for row in rows] == ["0", "0.5"]
+    assert "held-out dev queries (15 queries" in result.stdout
+    assert "test" not in result.stdout.lower().replace("paired t-test", "")
+    assert (_digest(root / "params.yaml"), _digest(student)) == before
+
 def test_second_repro_is_a_fast_no_op(pipeline_result):
     root, _ = pipeline_result
     started = time.perf_counter()
@@ -217,16 +230,3 @@ def test_broken_json_line_is_reported_as_file_and_line(pipeline_result):
     assert "corpus.jsonl:3" in output and "malformed JSON" in output
     assert "Traceback" not in output
 
-
-def test_dev_sweep_scores_values_on_heldout_queries_without_touching_the_workspace(
-        pipeline_result):
-    root, _ = pipeline_result
-    student = root / "outputs" / MINI / "runs/rabtriever_rerank/heldout.trec"
-    before = (_digest(root / "params.yaml"), _digest(student))
-    result = run(["python", "scripts/dev_sweep.py", "--key", "jepa.rkl_weight", "--values", "0",
-                  "0.5", "--stages", "distill_jepa", "--systems", "rabtriever_rerank"], root)
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| rabtriever")]
-    assert [row.split("|")[2].strip() for row in rows] == ["0", "0.5"]
-    assert "held-out dev queries (15 queries" in result.stdout
-    assert "test" not in result.stdout.lower().replace("paired t-test", "")
-    assert (_digest(root / "params.yaml"), _digest(student)) == before
