@@ -156,7 +156,7 @@ class RankListsParams(Section):
 
 class JepaParams(Section):
     predictor_form: Literal["mlp", "film", "maxsim"] = "maxsim"
-    maxsim_layers: list[int] = Field([0, 4], min_length=1)
+    maxsim_layers: list[int] = Field([0, 5], min_length=1)
     maxsim_doc_tokens: int | None = Field(512, ge=8)  # None: the teacher's cut
     predictor_width: int = Field(1024, ge=8)
     predictor_depth: int = Field(1, ge=1)

@@ -6,11 +6,10 @@
 The frozen promotion split is the first `promote.queries` of the held-out dev queries
 (`outputs/<dataset>/splits.json`, never a test query), each with its BM25 top-`promote.depth`
 candidates; it changes only when those parameters or the data change. Every decision names
-the split and its size. Decisions go to the
-MLflow experiment `promotion` (one tagged run each), to stdout, and to
-`outputs/<dataset>/promotion/decisions.json`. A model whose training stage skipped this
-dataset on purpose (e.g. GR/DGR when the models train on another dataset's queries) is not
-judged: its decision says why, and the registry is left alone.
+the split and its size. Decisions go to the MLflow experiment `promotion` (one tagged run
+each), to stdout, and to `outputs/<dataset>/promotion/decisions.json`. A model whose
+training stage skipped this dataset on purpose (e.g. GR/DGR when the models train on another
+dataset's queries) is not judged: its decision says why, and the registry is left alone.
 """
 
 from __future__ import annotations
@@ -95,7 +94,7 @@ def promote_flow(params_path: str = "params.yaml", models: list[str] | None = No
                 reason = (f"its index holds {params.data.name} documents, and the held-out "
                           f"dev queries are {params.data.train_name}'s")
             if reason:
-                print(f"{name}: not judged, its stage skipped this dataset: {reason}")
+                print(f"{name}: not judged: {reason}")
                 decisions.append({"model": name, "verdict": "skipped", "reason": reason,
                                   **split.describe()})
                 continue

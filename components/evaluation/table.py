@@ -1,6 +1,7 @@
 """The results table `evaluate` writes: results.md for people, results.csv and metrics.json
 for tools, plus the plot and per-query frames. Everything here only formats what
-components.evaluation.report computed; one table per split and query set (one Holm family per metric).
+components.evaluation.report computed; one table per split and query set (one Holm family
+per metric).
 """
 
 from __future__ import annotations

@@ -116,12 +116,13 @@ class Predictor(nn.Module):
         IDF-weighted MaxSim per layer of `layers`, the pooled cosine):
             q' = q + rms(q) * W_f (f - mu) / sigma,     W_f [H, k] initialised to zero
         mu, sigma are fitted on the training pairs (`fit_feature_scaling`); the IDF table the
-        features use travels with the weights (`idf`, fitted on the indexed corpus). Width and
-        depth are unused. Measured best on SciFact (docs/studies.md, `maxsim_study.py`): with a few hundred
-        teacher pairs, an MLP over pooled vectors overfits where this small map generalises.
+        features use travels with the weights (`idf`, fitted on the whole corpus). Width and
+        depth are unused. Measured best on SciFact (docs/studies.md, `maxsim_study.py`): with a
+        few hundred teacher pairs, an MLP over pooled vectors overfits where this small map
+        generalises.
 
     Size: hidden 576 (SmolLM2), width 1024, depth 1, mlp -> about 2.4M parameters; maxsim with
-    layers [0, 4] -> 3.5k weights (plus the 49k-entry IDF table, not trained).
+    two layers -> 3.5k weights (plus the 49k-entry IDF table, not trained).
     """
 
     def __init__(
@@ -815,7 +816,7 @@ class Rabtriever:
         return document_token_ids(self.tokenizer, self.token_prompts, documents)
 
     def fit_idf(self, documents: Sequence[str]) -> None:
-        """Fit the maxsim predictor's IDF table on these documents (the corpus to be indexed)."""
+        """Fit the maxsim predictor's IDF table on these documents (the whole corpus)."""
         if not self.predictor.uses_tokens:
             raise ValueError(f"the {self.predictor.form} predictor uses no IDF table")
         vocab = self.predictor.vocab_size
