@@ -192,7 +192,7 @@ class DGRParams(Section):
     batch_size: int = Field(8, ge=1)
     max_doc_tokens: int = Field(48, ge=8)
     stage1_steps: int = Field(50, ge=1)
-    stage2_steps: int = Field(48, ge=1)
+    stage2_steps: int = Field(16, ge=1)
     checkpoint_every: int = Field(20, ge=1)
     num_passages: int = Field(8, ge=2)
     sampling: Literal["top", "top_random"] = "top"

@@ -1,9 +1,8 @@
 """Stage `dense`: the all-MiniLM-L6-v2 + FAISS baseline over the whole corpus.
 
 Builds the exact inner-product index of every document, writes the runs of the test topics
-and the held-out dev queries, and
-times the test queries one at a time (encode + search, what a user waits for)
-into `runs/dense/cost.json`.
+and the held-out dev queries, and times the evaluated test queries one at a time (encode +
+search, what a user waits for) into `runs/dense/cost.json`.
 """
 
 from __future__ import annotations
