@@ -42,16 +42,15 @@ def parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def scratch_workspace(scratch: Path, dataset: str) -> None:
+def scratch_workspace(scratch: Path) -> None:
     """A copy of what the stages read and write: data, outputs, the MLflow store."""
     if scratch.exists():
         shutil.rmtree(scratch)
     scratch.mkdir(parents=True)
     shutil.copytree(ROOT / "data" / "raw", scratch / "data" / "raw")
     shutil.copytree(ROOT / "outputs", scratch / "outputs", symlinks=True)
-    for name in ("mlflow.db",):
-        if (ROOT / name).is_file():
-            shutil.copy2(ROOT / name, scratch / name)
+    if (ROOT / "mlflow.db").is_file():
+        shutil.copy2(ROOT / "mlflow.db", scratch / "mlflow.db")
     (scratch / "mlruns").mkdir(exist_ok=True)
 
 
@@ -92,7 +91,7 @@ def main() -> None:
         raise SystemExit(f"{params.data.name} has no held-out dev queries over its own corpus")
     qrels = read_judgements(params.data.dataset_dir(), splits.train_split, splits.dev_evaluated)
     scratch = args.scratch.resolve()
-    scratch_workspace(scratch, params.data.name)
+    scratch_workspace(scratch)
     layout = Layout(params.data.name, root=scratch)
     raw = yaml.safe_load(args.params.read_text(encoding="utf-8"))
     scores: dict[tuple[str, str], dict[str, float]] = {}
