@@ -8,6 +8,7 @@ Each stage reads only its own section (plus `data` and `seed`).
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -78,7 +79,7 @@ class DataParams(Section):
         return (root or repo_root()) / self.root / self.train_name
 
 
-class ValidationParams(Section):
+class ValidateParams(Section):
     allowed_grades: list[int] = [0, 1, 2, 3]
     max_doc_chars: int = Field(100_000, gt=0)
     max_query_chars: int = Field(20_000, gt=0)
@@ -154,7 +155,7 @@ class RankListsParams(Section):
     document_layers: list[Annotated[int, Field(ge=0)]] | None = [4]
 
 
-class JepaParams(Section):
+class RabtrieverParams(Section):
     predictor_form: Literal["mlp", "film", "maxsim"] = "maxsim"
     maxsim_layers: list[int] = Field([0, 5], min_length=1)
     maxsim_doc_tokens: int | None = Field(512, ge=8)  # None: the teacher's cut
@@ -227,7 +228,7 @@ class TrackingParams(Section):
 
 
 class DistributedParams(Section):
-    """How train_teacher's training is launched. Not a DVC param of the stage: every optimizer
+    """How the teacher stage's training is launched. Not a DVC param of the stage: every optimizer
     step consumes the same global batch whatever the process count, so the result does not
     depend on it."""
 
@@ -254,24 +255,43 @@ class ScheduleParams(Section):
         return value
 
 
+# `validate` is the stage's name; as a field it shadows pydantic's deprecated `BaseModel.validate`
+# classmethod, which nothing here calls.
+warnings.filterwarnings("ignore", message='Field name "validate" in "Params" shadows',
+                        category=UserWarning)
+
+RENAMED_SECTIONS = {"validation": "validate", "jepa": "rabtriever"}
+
+
 class Params(Section):
     profile: str = "cpu"
     seed: int = 42
     data: DataParams = DataParams()
-    validation: ValidationParams = ValidationParams()
+    validate: ValidateParams = ValidateParams()
     bm25: BM25Params = BM25Params()
     evaluate: EvaluateParams = EvaluateParams()
     dense: DenseParams = DenseParams()
     base_model: BaseModelParams = BaseModelParams()
     teacher: TeacherParams = TeacherParams()
     rank_lists: RankListsParams = RankListsParams()
-    jepa: JepaParams = JepaParams()
+    rabtriever: RabtrieverParams = RabtrieverParams()
     dgr: DGRParams = DGRParams()
     biencoder: BiEncoderParams = BiEncoderParams()
     promote: PromoteParams = PromoteParams()
     tracking: TrackingParams = TrackingParams()
     distributed: DistributedParams = DistributedParams()
     schedule: ScheduleParams = ScheduleParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_sections(cls, raw: Any) -> Any:
+        """Sections carry their stage's name; a params file from before the rename says how."""
+        if isinstance(raw, dict):
+            old = [f"{name} -> {new}" for name, new in RENAMED_SECTIONS.items() if name in raw]
+            if old:
+                raise ValueError(f"renamed section(s): {', '.join(old)} (sections carry their "
+                                 f"stage's name; rename them in the params file)")
+        return raw
 
     @model_validator(mode="before")
     @classmethod

@@ -14,7 +14,7 @@ import mlflow
 from components import tracking
 from components.config import load_params
 from components.layout import Layout
-from components.models.base_model import prepare_base_model
+from components.llm.base_model import prepare_base_model
 from flows._stage import run_cli, stage_flow
 
 

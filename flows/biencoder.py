@@ -19,6 +19,8 @@ import mlflow
 
 from components import tracking
 from components.atomic import write_text_atomic
+from components.biencoder.model import EMBEDDINGS_FILE, BiEncoder, passage_text
+from components.biencoder.training import BiEncoderTrainParams, train_biencoder
 from components.config import load_params
 from components.data.beir import load_beir
 from components.data.judgements import read_judgements
@@ -26,11 +28,9 @@ from components.data.sampling import sample_query_ids
 from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout, run_key
-from components.models.base_model import load_causal_lm, load_tokenizer
-from components.models.biencoder import EMBEDDINGS_FILE, BiEncoder, passage_text
+from components.llm.base_model import load_causal_lm, load_tokenizer
 from components.runs import read_trec_run, write_trec_run
-from components.training.biencoder_trainer import BiEncoderTrainParams, train_biencoder
-from components.training.teacher_data import build_groups
+from components.teacher.data import build_groups
 from flows._stage import StageFailed, run_cli, stage_flow
 
 SYSTEMS = ("biencoder_rerank", "biencoder_full")

@@ -30,7 +30,7 @@ from components.data.splits import HELDOUT, QuerySplits
 from components.layout import Layout
 from components.promotion import PromotionSplit, promote
 from components.runs import read_trec_run
-from components.training.teacher_data import document_text
+from components.teacher.data import document_text
 from flows._stage import StageFailed, stage_flow
 
 

@@ -8,8 +8,8 @@
   answer position, Yes/No logits, top-k vocabulary logits) are the distillation data, stored
   once so no student recomputes the teacher for a pair it already scored.
 - Every scored document's own states as Rabtriever encodes it (`rank_lists.document_layers`;
-  the teacher reads the document first, so its pass holds them): `distill_jepa` then encodes
-  only the documents the teacher never read (`components/models/pair_documents.py`).
+  the teacher reads the document first, so its pass holds them): `rabtriever` then encodes
+  only the documents the teacher never read (`components/rabtriever/pair_documents.py`).
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from components.data.sampling import sample_query_ids
 from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout
-from components.models.pair_documents import (
+from components.llm.prompts import PromptTemplate
+from components.rabtriever.pair_documents import (
     PairDocumentStates,
     encoding_meta,
     model_fingerprint,
 )
-from components.models.prompts import PromptTemplate
-from components.models.reranker import LLMReranker
 from components.runs import read_trec_run, write_trec_run
-from components.training.teacher_data import document_text
+from components.teacher.data import document_text
+from components.teacher.reranker import LLMReranker
 from flows._stage import run_cli, stage_flow
 
 

@@ -1,6 +1,6 @@
-"""The training body of `train_teacher`, one process per rank under a launcher.
+"""The training body of `teacher`, one process per rank under a launcher.
 
-`flows.train_teacher` trains in its own process when `distributed.num_processes` is 1. Above
+`flows.teacher` trains in its own process when `distributed.num_processes` is 1. Above
 that it starts this module under `torchrun` or the `deepspeed` launcher (`launch_command`) and
 reads back what rank 0 reports: one `teacher-step {json}` line per optimizer step on stdout and
 the result as JSON in `--result`. The stage process keeps the Prefect flow run and the MLflow
@@ -36,11 +36,11 @@ from components.data.judgements import read_judgements
 from components.data.sampling import sample_query_ids
 from components.data.splits import QuerySplits
 from components.layout import Layout, run_key
-from components.models.prompts import PromptTemplate
+from components.llm.prompts import PromptTemplate
 from components.runs import read_trec_run
 from components.settings import repo_root
-from components.training.deepspeed_trainer import StepMetrics, TrainParams, TrainResult
-from components.training.teacher_data import TrainingGroup, build_groups
+from components.teacher.data import TrainingGroup, build_groups
+from components.teacher.training import StepMetrics, TrainParams, TrainResult
 
 STEP_PREFIX = "teacher-step "
 # Set by a launcher in every rank; their absence means "not started by a launcher".
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result", required=True, help="JSON written by rank 0 at the end")
     args = parser.parse_args(argv)
 
-    from components.training.deepspeed_trainer import train_teacher
+    from components.teacher.training import train_teacher
 
     params = load_params(args.params)
     inputs = training_inputs(params)

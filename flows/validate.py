@@ -23,9 +23,9 @@ def validate(params_path: str = "params.yaml") -> str:
     params = load_params(params_path)
     dataset_dir = require_dataset(params, params_path)
     out = Layout(params.data.name).validation_dir
-    section = {"data": params.data.model_dump(), "validation": params.validation.model_dump()}
+    section = {"data": params.data.model_dump(), "validation": params.validate.model_dump()}
     with tracking.stage_run("validate", params.tracking.experiment, section, dataset_dir):
-        report = validate_dataset(dataset_dir, params.validation, params.data.train_split)
+        report = validate_dataset(dataset_dir, params.validate, params.data.train_split)
         write_text_atomic(out / "report.json", report.to_json())
         write_text_atomic(out / "report.md", report.to_markdown())
         mlflow.log_metrics({"expectations": report.expectations_run,

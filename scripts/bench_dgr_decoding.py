@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_dgr_decoding.py [--model outputs/scifact/dgr/gr_model] \
         [--queries 16] [--batch-size 8] [--params params.yaml]
 
-Constrained beam search as `distill_dgr` runs it (the stage's `dgr` parameters, n-gram
+Constrained beam search as `dgr` runs it (the stage's `dgr` parameters, n-gram
 identifiers of the passages BM25 lists for the test queries plus the relevant ones) over the
 first `--queries` of the evaluation sample: each query alone, then the same queries in batches
 of `--batch-size`. Prints seconds per query both ways and how many of the queries got the same
@@ -34,7 +34,7 @@ from components.dgr.identifiers import IdentifierParams, build_identifier_index 
 from components.dgr.retriever import GenerativeRetriever, RetrieverConfig  # noqa: E402
 from components.dgr.trie import build_trie  # noqa: E402
 from components.layout import Layout  # noqa: E402
-from components.models.base_model import load_causal_lm, load_tokenizer  # noqa: E402
+from components.llm.base_model import load_causal_lm, load_tokenizer  # noqa: E402
 
 
 def main() -> None:

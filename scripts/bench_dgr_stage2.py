@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_dgr_stage2.py [--steps 12] [--queries 60] \
         [--teacher-run bm25] [--params params.yaml]
 
-Stage 2 as `distill_dgr` runs it (the `dgr` parameters of params.yaml, the base model, the
+Stage 2 as `dgr` runs it (the `dgr` parameters of params.yaml, the base model, the
 n-gram identifiers) on the first `--queries` training queries of a teacher run, over a corpus of
 their listed passages and relevant ones. Trains `--steps` steps from the base model twice: with
 the frozen layers' states of each row computed once (`cache_frozen_states`, the default) and
@@ -37,7 +37,7 @@ from components.dgr.identifiers import IdentifierParams, build_identifier_index 
 from components.dgr.training import train_stage2  # noqa: E402
 from components.layout import Layout  # noqa: E402
 from components.runs import read_trec_run  # noqa: E402
-from flows.distill_dgr import train_params  # noqa: E402
+from flows.dgr import train_params  # noqa: E402
 
 
 def main() -> None:

@@ -43,8 +43,8 @@ import mlflow  # noqa: E402
 import torch  # noqa: E402
 
 from components.data.beir import load_beir  # noqa: E402
-from components.models.rabtriever import Rabtriever  # noqa: E402
-from components.models.reranker import LLMReranker  # noqa: E402
+from components.rabtriever.model import Rabtriever  # noqa: E402
+from components.teacher.reranker import LLMReranker  # noqa: E402
 from components.tracking import ensure_experiment, git_commit  # noqa: E402
 
 

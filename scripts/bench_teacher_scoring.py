@@ -29,8 +29,8 @@ configure_environment()
 
 import torch  # noqa: E402
 
-from components.models.base_model import prepare_base_model  # noqa: E402
-from components.models.reranker import LLMReranker, bf16_available  # noqa: E402
+from components.llm.base_model import prepare_base_model  # noqa: E402
+from components.teacher.reranker import LLMReranker, bf16_available  # noqa: E402
 
 WORDS = "the study measured outcomes in patients receiving treatment over twelve months".split()
 

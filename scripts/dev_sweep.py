@@ -1,7 +1,7 @@
 """Choose a default on the held-out dev queries: rerun stages once per value of one key.
 
-    .venv/bin/python scripts/dev_sweep.py --key jepa.rkl_weight --values 0 0.1 1 \
-        --stages distill_jepa --systems rabtriever_rerank [--params params.yaml]
+    .venv/bin/python scripts/dev_sweep.py --key rabtriever.rkl_weight --values 0 0.1 1 \
+        --stages rabtriever --systems rabtriever_rerank [--params params.yaml]
 
 Needs a finished default run (`make pipeline`): its outputs are copied into a scratch
 workspace (`--scratch`, default `.run/sweep`), where `python -m flows.<stage>` reruns each
@@ -76,7 +76,8 @@ def dev_scores(layout: Layout, system: str, qrels: dict, metric: str) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--key", required=True, help="dotted params key, e.g. jepa.rkl_weight")
+    parser.add_argument("--key", required=True, 
+                        help="dotted params key, e.g. rabtriever.rkl_weight")
     parser.add_argument("--values", nargs="+", required=True, type=parse_value)
     parser.add_argument("--stages", nargs="+", required=True)
     parser.add_argument("--systems", nargs="+", required=True, help="run folders to score")

@@ -32,9 +32,9 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(1)  # two workers on two shared cores
-    from components.models.prompts import PromptTemplate
-    from components.training.deepspeed_trainer import TrainParams, train_teacher
-    from components.training.teacher_data import build_groups, toy_retrieval_data
+    from components.llm.prompts import PromptTemplate
+    from components.teacher.data import build_groups, toy_retrieval_data
+    from components.teacher.training import TrainParams, train_teacher
 
     corpus, queries, qrels, run = toy_retrieval_data(n_topics=16)
     groups = build_groups(corpus, queries, qrels, run, n_negatives=3, depth=16, seed=0)
@@ -70,7 +70,7 @@ def free_port() -> int:
 def driver(args) -> int:
     from transformers import AutoTokenizer
 
-    from components.models.base_model import build_tiny_causal_lm, smollm2_gguf_path
+    from components.llm.base_model import build_tiny_causal_lm, smollm2_gguf_path
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ds_two_process_"))
     model_dir = work / "tiny_model"

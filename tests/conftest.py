@@ -27,7 +27,7 @@ def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
     """The real SmolLM2 tokenizer (with chat template), read once from the GGUF and saved."""
     from transformers import AutoTokenizer
 
-    from components.models.base_model import smollm2_gguf_path
+    from components.llm.base_model import smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -39,7 +39,7 @@ def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_master(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
     """A randomly initialised 2-layer Llama (hidden 64) on the real tokenizer."""
-    from components.models.base_model import build_tiny_causal_lm
+    from components.llm.base_model import build_tiny_causal_lm
 
     return build_tiny_causal_lm(
         smollm2_tokenizer_dir, tmp_path_factory.mktemp("tiny") / "model", hidden_size=64
@@ -54,7 +54,7 @@ def tiny_model_dir(tiny_model_master, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(smollm2_tokenizer_dir):
-    from components.models.base_model import load_tokenizer
+    from components.llm.base_model import load_tokenizer
 
     return load_tokenizer(smollm2_tokenizer_dir)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    prompt_task: str  # a task in components/models/prompt_templates.yaml
+    prompt_task: str  # a task in components/llm/prompt_templates.yaml
     train_split: str = "train"
     test_split: str = "test"
     train_name: str | None = None  # dataset whose train split trains the models; None = itself

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.models.reranker import bf16_available
+from components.llm.precision import bf16_available
 
 _MARK = "_bf16_layers"
 

@@ -4,7 +4,7 @@ Prompt choice: the query goes through the tokenizer's chat template (system inst
 turn "Query: ..."), and the identifier is the assistant's reply. The base model is an instruct
 model whose EOS (<|im_end|>) closes an assistant turn, so "identifier + EOS" is exactly a reply
 in the format it already knows; a model without a chat template gets a plain-text layout
-(`components.models.prompts` renders both, as for the teacher). Training builds its inputs with
+(`components.llm.prompts` renders both, as for the teacher). Training builds its inputs with
 the same `QueryPrompt`, so retrieval and training see identical token ids.
 
 Retrieval runs one constrained beam search per view (beam size = ranking depth k; every beam is
@@ -37,9 +37,9 @@ from transformers import DynamicCache
 from components.dgr.identifiers import SEMANTIC_ID, SPAN, TITLE, IdentifierIndex
 from components.dgr.precision import bf16_layers
 from components.dgr.trie import IdentifierTrie, encode_identifier
-from components.models.base_model import load_causal_lm, load_tokenizer
-from components.models.prompts import _split_chat_template  # the teacher's chat rendering
-from components.models.reranker import left_pad
+from components.llm.base_model import load_causal_lm, load_tokenizer
+from components.llm.padding import left_pad
+from components.llm.prompts import _split_chat_template  # the teacher's chat rendering
 from components.runs import Run
 
 DGR_PROMPT_VERSION = "dgr-prompt-v1"  # bump on any change to the two strings below

@@ -16,8 +16,8 @@ the rarest words with the query: the one the model would generate), and
 
     loss = distill(student scores, teacher order / scores) + alpha * generation loss,
 
-with distill = distilled RankNet (`components.losses.ranknet`) or listwise KL
-(`components.losses.listwise_kl`), or none (the control: stage 2's steps and batches on the
+with distill = distilled RankNet (`components.dgr.ranknet`) or listwise KL
+(`components.dgr.listwise_kl`), or none (the control: stage 2's steps and batches on the
 generation term alone), and the generation loss the stage-1 cross-entropy of the first
 passage's identifier (the labelled positive, or the teacher's top passage). The teacher is any
 run, so BM25 or a dense run can stand in for the LLM reranker. A list's m identifiers share
@@ -48,8 +48,10 @@ from torch import nn
 from components.atomic import atomic_path
 from components.dgr.frozen_trunk import FrozenTrunk
 from components.dgr.identifiers import SEMANTIC_ID, Corpus, IdentifierIndex
+from components.dgr.listwise_kl import listwise_kl
 from components.dgr.packing import packable, packed_target_logprobs
 from components.dgr.precision import bf16_layers
+from components.dgr.ranknet import distilled_ranknet
 from components.dgr.retriever import (
     QueryPrompt,
     make_lm_batch,
@@ -57,11 +59,9 @@ from components.dgr.retriever import (
     target_logprobs,
 )
 from components.dgr.trie import encode_identifier
-from components.losses.listwise_kl import listwise_kl
-from components.losses.ranknet import distilled_ranknet
-from components.models.base_model import load_causal_lm, load_tokenizer
+from components.llm.base_model import load_causal_lm, load_tokenizer
 from components.runs import Run
-from components.training.deepspeed_trainer import TrainResult, apply_train_mode
+from components.teacher.training import TrainResult, apply_train_mode
 from components.training.loop import StepMetrics, seed_everything, train_loop
 
 log = logging.getLogger(__name__)

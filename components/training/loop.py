@@ -1,6 +1,6 @@
 """A plain PyTorch training loop with resumable checkpoints, shared by the single-model trainers.
 
-The teacher trains through a DeepSpeed engine (components.training.deepspeed_trainer); models
+The teacher trains through a DeepSpeed engine (components.teacher.training); models
 that need no sharding (the DGR generative retriever, the bi-encoder baseline) use this loop:
 AdamW on the trainable parameters, linear warm-up then linear decay, gradient clipping, and a
 checkpoint every N steps.

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from components.config import ValidationParams
+from components.config import ValidateParams
 from components.data.beir import DataFormatError, load_beir
 
 
@@ -91,7 +91,7 @@ def _failure_from(result, check, dataset, sample_size: int) -> Failure:
     )
 
 
-def validate_dataset(path: str | Path, params: ValidationParams, train_split: str = "train"
+def validate_dataset(path: str | Path, params: ValidateParams, train_split: str = "train"
                      ) -> ValidationReport:
     """Load and validate a BEIR folder. Format errors become a `format` failure."""
     # Imported here: GE takes ~3 s to import and format errors need none of it.

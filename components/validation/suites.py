@@ -13,7 +13,7 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 import pandas as pd
 
-from components.config import ValidationParams
+from components.config import ValidateParams
 
 INTEGER = r"^-?[0-9]+$"
 NON_BLANK = r"\S"
@@ -196,7 +196,7 @@ PARTICULARS = {
 }
 
 
-def build_checks(dataset, params: ValidationParams, train_split: str) -> list[Check]:
+def build_checks(dataset, params: ValidateParams, train_split: str) -> list[Check]:
     query_ids = sorted(dataset.queries["_id"].dropna().unique())
     doc_ids = sorted(dataset.corpus["_id"].dropna().unique())
     checks = [

@@ -6,7 +6,7 @@ from components.config import ParamsError, load_params
 from components.data import catalog
 from components.evaluation.metrics import per_query_metrics
 from components.layout import Layout
-from components.models.prompts import PromptTemplate
+from components.llm.prompts import PromptTemplate
 from components.settings import REPO_ROOT
 
 

@@ -21,7 +21,7 @@ WORDS = (
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_master):
     """Read-only model for inference tests (never trained)."""
-    from components.models.base_model import load_causal_lm
+    from components.llm.base_model import load_causal_lm
 
     return load_causal_lm(tiny_model_master)
 

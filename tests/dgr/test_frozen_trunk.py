@@ -15,8 +15,8 @@ from components.dgr.trie import encode_identifier
 def top_layer_model(tiny_model_dir):
     """The tiny 2-layer model with only its last layer (and the final norm) trainable."""
     from components.dgr.training import DGRTrainParams
-    from components.models.base_model import load_causal_lm
-    from components.training.deepspeed_trainer import apply_train_mode
+    from components.llm.base_model import load_causal_lm
+    from components.teacher.training import apply_train_mode
 
     params = DGRTrainParams(train_mode="top_layers", top_layers=1)
     return apply_train_mode(load_causal_lm(tiny_model_dir), params)

@@ -4,7 +4,7 @@ import torch
 from scipy.special import softmax
 from scipy.stats import entropy
 
-from components.losses.listwise_kl import ListwiseKLLoss, listwise_kl
+from components.dgr.listwise_kl import ListwiseKLLoss, listwise_kl
 
 
 def test_matches_scipy_reference():

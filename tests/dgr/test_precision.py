@@ -11,8 +11,8 @@ from components.dgr.packing import packed_target_logprobs
 from components.dgr.precision import bf16_layers, runs_bf16
 from components.dgr.retriever import GenerativeRetriever, QueryPrompt, RetrieverConfig
 from components.dgr.trie import encode_identifier
-from components.models.base_model import load_causal_lm
-from components.models.reranker import cpu_supports_bf16
+from components.llm.base_model import load_causal_lm
+from components.llm.precision import cpu_supports_bf16
 
 native = pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
 

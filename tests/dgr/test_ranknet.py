@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from components.losses.ranknet import DistilledRankNetLoss, distilled_ranknet, pair_weights
+from components.dgr.ranknet import DistilledRankNetLoss, distilled_ranknet, pair_weights
 
 
 def softplus(x: float) -> float:

@@ -14,7 +14,7 @@ from components.dgr.training import (
     train_stage1,
     train_stage2,
 )
-from components.models.base_model import load_causal_lm
+from components.llm.base_model import load_causal_lm
 
 QUERIES = {"q1": "silver rocket over the valley", "q2": "an old violin in winter"}
 QRELS = {"q1": {"d03": 1}, "q2": {"d05": 2, "d06": 0}}

@@ -9,7 +9,7 @@ from components.dgr.trie import (
     encode_identifier,
     view_prefix_ids,
 )
-from components.models.reranker import left_pad
+from components.llm.padding import left_pad
 
 EOS = 0
 

@@ -107,7 +107,7 @@ def build_tiny_model(out: Path) -> Path:
     runs for real in seconds (the numbers it produces mean nothing)."""
     from transformers import AutoTokenizer
 
-    from components.models.base_model import build_tiny_causal_lm, smollm2_gguf_path
+    from components.llm.base_model import build_tiny_causal_lm, smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -124,7 +124,8 @@ def apply_test_profile(params: dict, tiny_model: Path) -> None:
                              checkpoint_every=1, max_doc_tokens=48, bf16=False)
     params["rank_lists"].update(train_queries=6, depth=5, train_depth=4, top_k_logits=16,
                                 document_layers=[])
-    params["jepa"].update(epochs=2, predictor_width=64, top_m=2, full_k=20, maxsim_layers=[0, 2])
+    params["rabtriever"].update(epochs=2, predictor_width=64, top_m=2, full_k=20,
+                                maxsim_layers=[0, 2])
     params["promote"].update(queries=5, depth=5)
     params["dgr"].update(stage1_steps=3, stage2_steps=2, batch_size=2, num_beams=3,
                          top_layers=1, num_passages=3, semantic_dims=8, checkpoint_every=1,

@@ -42,7 +42,7 @@ def test_test_judgements_reach_evaluate_only(pipeline_result):
     test_file = str((root / "data/raw" / MINI / "qrels/test.tsv").resolve())
     readers = {read["stage"] for read in reads if read["file"] == test_file}
     assert readers == {"validate", "evaluate"}, reads
-    assert {read["stage"] for read in reads} <= {"validate", "train_teacher", "distill_dgr",
+    assert {read["stage"] for read in reads} <= {"validate", "teacher", "dgr",
                                                   "evaluate", "promote"}, reads
     out = root / "outputs" / MINI
     splits = json.loads((out / "splits.json").read_text())
@@ -86,7 +86,7 @@ def test_pipeline_produces_outputs_and_metrics(pipeline_result):
     # Every system is also scored on the held-out dev queries (all 15).
     assert {"BM25", "BM25 → teacher", "BM25 → Rabtriever", "DGR"} <= set(
         metrics["heldout"]["all"])
-    # The student reranks BM25's top-K (jepa.corpus: none): every candidate was scored by
+    # The student reranks BM25's top-K (rabtriever.corpus: none): every candidate was scored by
     # the teacher in rank_lists, which kept its states, so the student encoded none itself.
     kept = json.loads((out / "rank_lists/documents/meta.json").read_text())["count"]
     student = json.loads((out / "rabtriever/summary.json").read_text())
@@ -105,7 +105,7 @@ def test_mlflow_groups_stage_runs_under_the_pipeline_run(pipeline_result):
     children = {r.data.tags["stage"]: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == set(STAGES)
-    losses = client.get_metric_history(children["train_teacher"].info.run_id, "loss")
+    losses = client.get_metric_history(children["teacher"].info.run_id, "loss")
     assert [m.step for m in losses] == [1, 2, 3]
     for child in children.values():
         assert child.info.status == "FINISHED"
@@ -150,8 +150,9 @@ def test_dev_sweep_scores_values_on_heldout_queries_without_touching_the_workspa
     root, _ = pipeline_result
     student = root / "outputs" / MINI / "runs/rabtriever_rerank/heldout.trec"
     before = (_digest(root / "params.yaml"), _digest(student))
-    result = run(["python", "scripts/dev_sweep.py", "--key", "jepa.rkl_weight", "--values", "0",
-                  "0.5", "--stages", "distill_jepa", "--systems", "rabtriever_rerank"], root)
+    result = run(["python", "scripts/dev_sweep.py", "--key", "rabtriever.rkl_weight",
+                  "--values", "0", "0.5", "--stages", "rabtriever",
+                  "--systems", "rabtriever_rerank"], root)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| rabtriever")]
     assert [row.split("|")[2].strip() for row in rows] == ["0", "0.5"]
     assert "held-out dev queries (15 queries" in result.stdout

@@ -25,7 +25,7 @@ from tests.e2e.conftest import MINI, make_project_copy, run
 
 # The stages one deployment run executes: data and model outputs, the teacher trained by two
 # processes through the launcher; the rest of the pipeline is the e2e tests' business.
-RUN_STAGES = ["validate", "bm25", "base_model", "train_teacher"]
+RUN_STAGES = ["validate", "bm25", "base_model", "teacher"]
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 

@@ -69,7 +69,7 @@ def test_triggered_run_completes_with_each_stage_as_a_task_run(pipeline_run, ser
         assert f"Running stage '{stage}'" in logs
     assert "params.yaml: profile: 'cpu' -> 'test'" in logs
     assert "torch.distributed.run --nproc_per_node 2" in logs  # distributed.num_processes
-    assert "stages: validate=ran, bm25=ran, base_model=ran, train_teacher=ran" in logs
+    assert "stages: validate=ran, bm25=ran, base_model=ran, teacher=ran" in logs
 
 
 def test_run_is_tracked_through_the_mlflow_server(pipeline_run, services):
@@ -85,7 +85,7 @@ def test_run_is_tracked_through_the_mlflow_server(pipeline_run, services):
     children = {r.data.tags["stage"]: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == set(RUN_STAGES)
-    teacher = children["train_teacher"]
+    teacher = children["teacher"]
     assert teacher.data.params["distributed.num_processes"] == "2"
     losses = client.get_metric_history(teacher.info.run_id, "loss")
     assert [m.step for m in losses] == [1, 2, 3]  # rank 0's steps, relayed by the stage
@@ -95,7 +95,7 @@ def test_run_is_tracked_through_the_mlflow_server(pipeline_run, services):
 def test_dvc_sees_the_run_outputs_as_up_to_date(pipeline_run, services):
     root = services.root
     assert json.loads(run(["dvc", "status", "--json", *RUN_STAGES], root).stdout) == {}
-    repro = run(["dvc", "repro", "train_teacher"], root)  # the stage and everything upstream
+    repro = run(["dvc", "repro", "teacher"], root)  # the stage and everything upstream
     assert "Running stage" not in repro.stdout
 
 

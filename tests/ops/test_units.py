@@ -13,7 +13,7 @@ import pytest
 
 from components.config import ParamsError, load_params, write_params
 from components.settings import REPO_ROOT
-from components.training.deepspeed_trainer import StepMetrics
+from components.teacher.training import StepMetrics
 from flows.services import Service, is_alive, process_tree, terminate
 from flows.teacher_worker import STEP_PREFIX, launch_command, launch_env, parse_step
 

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from components.models.base_model import (
+from components.llm.base_model import (
     load_causal_lm,
     load_tokenizer,
 )
-from components.models.prompts import PromptTemplate
-from components.models.rabtriever import Rabtriever
-from components.models.reranker import LLMReranker, PairStates
-from components.training.jepa_trainer import JepaTrainingData, TeacherPairs, build_training_data
-from components.training.teacher_data import document_text, toy_retrieval_data
+from components.llm.prompts import PromptTemplate
+from components.rabtriever.model import Rabtriever
+from components.rabtriever.training import JepaTrainingData, TeacherPairs, build_training_data
+from components.teacher.data import document_text, toy_retrieval_data
+from components.teacher.reranker import LLMReranker, PairStates
 
 MAX_DOC_TOKENS = 48
 TOP_K = 64  # cached teacher logits per pair

@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from components.models.late_interaction import TokenStates, fit_idf, maxsim_features
-from components.models.rabtriever import (
+from components.rabtriever.late_interaction import TokenStates, fit_idf, maxsim_features
+from components.rabtriever.model import (
     Predictor,
     Rabtriever,
     encode_document_tokens,
     encode_queries,
     encode_query_tokens,
 )
-from components.training.jepa_trainer import JepaTrainParams, build_training_data, train_predictor
+from components.rabtriever.training import JepaTrainParams, build_training_data, train_predictor
 
 from .conftest import MAX_DOC_TOKENS
 

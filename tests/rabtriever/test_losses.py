@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from components.losses.jepa import JepaLoss, jepa_loss
-from components.losses.reverse_kl import ReverseKLLoss, reverse_kl
+from components.rabtriever.jepa_loss import JepaLoss, jepa_loss
+from components.rabtriever.reverse_kl import ReverseKLLoss, reverse_kl
 
 LN3 = math.log(3.0)
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.models.pair_documents import (
+from components.rabtriever.model import Predictor
+from components.rabtriever.pair_documents import (
     CollectedDocuments,
     PairDocumentStates,
     encoding_meta,
     model_fingerprint,
     text_key,
 )
-from components.models.rabtriever import Predictor
-from components.models.reranker import LLMReranker
+from components.teacher.reranker import LLMReranker
 
 from .conftest import MAX_DOC_TOKENS
 

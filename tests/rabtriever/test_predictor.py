@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.models.rabtriever import Predictor
+from components.rabtriever.model import Predictor
 
 H = 16
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.models.rabtriever_pyfunc import log_rabtriever_model
+from components.rabtriever.pyfunc import log_rabtriever_model
 
 
 @pytest.fixture

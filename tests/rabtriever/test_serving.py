@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from components.models.rabtriever_pyfunc import log_rabtriever_model
+from components.rabtriever.pyfunc import log_rabtriever_model
 from components.registry import set_alias
 
 pytestmark = pytest.mark.slow

@@ -152,7 +152,7 @@ def _project(root: Path, case: BadInput) -> Path:
     write_beir(root / "data" / "raw" / DATASET, **case.data)
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["data"]["name"] = DATASET
-    params["validation"]["allowed_grades"] = [0, 1, 2]
+    params["validate"]["allowed_grades"] = [0, 1, 2]
     if case.params:
         case.params(params)
     text = yaml.safe_dump(params, sort_keys=False)

@@ -164,7 +164,7 @@ def _teacher_progress(root: Path, since: float) -> int:
 
 def _jepa_progress(root: Path, since: float) -> int:
     # The checkpoint folder is replaced whole (atomic_path); its hidden tmp twin is not one yet.
-    folder = root / "outputs" / MINI / "checkpoints" / "distill_jepa"
+    folder = root / "outputs" / MINI / "checkpoints" / "rabtriever"
     for state in folder.glob("[!.]*/trainer_state.json"):
         try:
             return json.loads(state.read_text())["epoch"]
@@ -174,7 +174,7 @@ def _jepa_progress(root: Path, since: float) -> int:
 
 
 def _dgr_progress(root: Path, since: float) -> int:
-    runs = list((root / "outputs" / MINI / "checkpoints" / "distill_dgr").glob("*"))
+    runs = list((root / "outputs" / MINI / "checkpoints" / "dgr").glob("*"))
     return sum(_latest_step(run / part) for run in runs for part in ("stage1", "stage2"))
 
 
@@ -218,11 +218,11 @@ def _dgr_resumed(client, run_id, killed_at):
 
 
 LONG_STAGES = [
-    LongStage("train_teacher", _teacher_progress, lambda p: p["teacher"]["max_steps"],
+    LongStage("teacher", _teacher_progress, lambda p: p["teacher"]["max_steps"],
               _teacher_resumed),
     LongStage("rank_lists", _rank_lists_progress, lambda p: len(RANK_LISTS_FILES), None),
-    LongStage("distill_jepa", _jepa_progress, lambda p: p["jepa"]["epochs"], _jepa_resumed),
-    LongStage("distill_dgr", _dgr_progress,
+    LongStage("rabtriever", _jepa_progress, lambda p: p["rabtriever"]["epochs"], _jepa_resumed),
+    LongStage("dgr", _dgr_progress,
               lambda p: p["dgr"]["stage1_steps"] + p["dgr"]["stage2_steps"], _dgr_resumed),
 ]
 
@@ -293,8 +293,8 @@ def test_pipeline_after_the_faults_equals_the_uninterrupted_run(project):
 def test_two_runs_with_the_same_seed_give_identical_outputs_and_metrics(project):
     """Determinism on CPU: an uninterrupted second run of the teacher's training and of the
     evaluation reproduces every output file and metrics.json byte for byte. (The fault tests
-    above rerun `rank_lists` whole, the concurrency test below `distill_jepa`.)"""
-    for stage in ("train_teacher", "evaluate"):
+    above rerun `rank_lists` whole, the concurrency test below `rabtriever`.)"""
+    for stage in ("teacher", "evaluate"):
         project.sh("dvc", "repro", "--force", "--single-item", stage)
         assert project.outs(stage) == project.reference[stage]
     assert project.status() == {}
@@ -306,12 +306,12 @@ def test_second_repro_in_the_same_workspace_is_refused(project):
     """DVC locks the paths a running stage reads and writes: a second `dvc repro` that needs
     any of them stops at once, naming the process that holds them; the first (a full rerun of
     a training stage) ends with identical outputs."""
-    command = ["dvc", "repro", "--force", "--no-run-cache", "--single-item", "distill_jepa"]
+    command = ["dvc", "repro", "--force", "--no-run-cache", "--single-item", "rabtriever"]
     first = subprocess.Popen(command, cwd=project.root, env=project.env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         for line in first.stdout:  # DVC holds the lock from here until the stage has ended
-            if "Running stage 'distill_jepa'" in line:
+            if "Running stage 'rabtriever'" in line:
                 break
         second = project.sh("dvc", "repro", check=False)
     finally:
@@ -319,12 +319,12 @@ def test_second_repro_in_the_same_workspace_is_refused(project):
         project.logs.append(output)
     assert second.returncode != 0
     assert "is busy, it is being blocked by" in second.stderr, second.stderr
-    assert f"(PID {first.pid}): " in second.stderr and "distill_jepa" in second.stderr
+    assert f"(PID {first.pid}): " in second.stderr and "rabtriever" in second.stderr
     assert "Running stage" not in second.stdout
     assert first.returncode == 0, output[-3000:]
-    assert project.outs("distill_jepa") == project.reference["distill_jepa"]
+    assert project.outs("rabtriever") == project.reference["rabtriever"]
     # Its outputs are whole and recorded; downstream stages only see its new latencies.
-    assert "distill_jepa" not in project.status()
+    assert "rabtriever" not in project.status()
 
 
 def test_prefect_server_going_away_mid_stage_keeps_the_outcome(project):

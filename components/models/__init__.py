@@ -1,1 +1,0 @@
-"""Models: the teacher's base checkpoint, its prompt, and the LLM reranker."""

@@ -1,0 +1,117 @@
+"""Stage `teacher`: fine-tune the LLM reranker with a real DeepSpeed engine.
+
+Listwise softmax cross-entropy over groups of one relevant document and `teacher.negatives`
+BM25 hard negatives from training queries. Checkpoints every `teacher.checkpoint_every`
+steps; a killed run started again resumes from the last checkpoint. The final model is logged
+to MLflow with its prompt template and registered as `teacher-reranker@challenger`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+
+from components import registry, tracking
+from components.config import load_params
+from components.layout import Layout
+from components.llm.prompts import TEMPLATES_PATH
+from components.teacher.pyfunc import log_teacher_model
+from components.teacher.training import StepMetrics, TrainResult, train_teacher
+from flows._stage import StageFailed, run_cli, stage_flow
+from flows.teacher_worker import (
+    launch_command,
+    launch_env,
+    parse_step,
+    train_params,
+    training_inputs,
+)
+
+REGISTERED_NAME = "teacher-reranker"
+
+
+def train_launched(params, params_path: str, on_step) -> TrainResult:
+    """`distributed.num_processes` ranks of flows.teacher_worker under the chosen launcher."""
+    dist = params.distributed
+    with tempfile.TemporaryDirectory() as workdir:
+        result_path = Path(workdir) / "result.json"
+        command = launch_command(dist.num_processes, dist.launcher, params_path, result_path)
+        print("$ " + " ".join(command))
+        process = subprocess.Popen(command, env=launch_env(dist.num_processes),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for line in process.stdout:
+                step = parse_step(line)
+                if step is not None:
+                    on_step(step)
+                elif line.strip():
+                    print(line.rstrip())
+            process.wait()
+        except BaseException:
+            process.terminate()  # both launchers pass SIGTERM on to their ranks
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
+        if process.returncode != 0 or not result_path.is_file():
+            raise StageFailed(f"{dist.launcher} with {dist.num_processes} processes failed "
+                              f"(exit {process.returncode})")
+        raw = json.loads(result_path.read_text())
+    raw["output_dir"] = Path(raw["output_dir"]) if raw["output_dir"] else None
+    return TrainResult(**raw)
+
+
+@stage_flow("teacher")
+def teacher_stage(params_path: str = "params.yaml") -> str:
+    params = load_params(params_path)
+    cfg, layout = params.teacher, Layout(params.data.name)
+    dataset_dir = params.data.dataset_dir()
+    section = {"teacher": cfg.model_dump(), "data": params.data.model_dump(),
+               "distributed": params.distributed.model_dump()}
+    with tracking.stage_run("teacher", params.tracking.experiment, section, dataset_dir,
+                            extra_tags={"train_dataset": params.data.train_name}):
+        inputs = training_inputs(params)
+        groups, template = inputs.groups, inputs.template
+        if not groups:
+            raise StageFailed("no training groups: no training query has a relevant document")
+        needed = cfg.max_steps * cfg.global_batch_groups
+        print(f"{len(groups)} training groups of 1+{cfg.negatives}; {cfg.max_steps} steps x "
+              f"{cfg.global_batch_groups} groups = {needed} groups "
+              f"({needed / len(groups):.2f} epochs)")
+        mlflow.log_params({"train_groups": len(groups), "template_version": template.version})
+        mlflow.log_dict(template.to_dict(), "prompt_template.json")
+
+        def log_step(step: StepMetrics) -> None:
+            mlflow.log_metrics({"loss": step.loss, "lr": step.lr,
+                                "tokens_per_s": step.tokens_per_s}, step=step.step)
+            print(f"step {step.step}/{step.total_steps} loss {step.loss:.4f} "
+                  f"lr {step.lr:.2e} {step.tokens_per_s:.0f} tok/s {step.elapsed_s:.0f}s")
+
+        if params.distributed.num_processes > 1:
+            result = train_launched(params, params_path, log_step)
+        else:
+            result = train_teacher(layout.base_model, groups, template, train_params(params),
+                                   inputs.checkpoints, layout.teacher_model, on_step=log_step)
+        if not result.completed:
+            raise StageFailed(f"training stopped at step {result.steps}/{result.total_steps}")
+        mlflow.log_metrics({"final_loss": result.losses[-1] if result.losses else float("nan"),
+                            "steps": result.steps})
+        with tempfile.TemporaryDirectory() as workdir:
+            info = log_teacher_model(layout.teacher_model, TEMPLATES_PATH, cfg.task,
+                                     cfg.max_doc_tokens, cfg.bf16, Path(workdir),
+                                     registered_name=REGISTERED_NAME)
+        registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
+        # Kept until the stage is done: a run killed after training resumes at its last step.
+        shutil.rmtree(layout.teacher_checkpoints, ignore_errors=True)
+        print(f"registered {REGISTERED_NAME} v{info.registered_model_version} as challenger")
+    return str(layout.teacher_model)
+
+
+if __name__ == "__main__":
+    run_cli(teacher_stage)
