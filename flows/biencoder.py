@@ -20,7 +20,7 @@ import mlflow
 from components import tracking
 from components.atomic import write_text_atomic
 from components.biencoder.model import EMBEDDINGS_FILE, BiEncoder, passage_text
-from components.biencoder.training import BiEncoderTrainParams, train_biencoder
+from components.biencoder.training import train_biencoder
 from components.config import load_params
 from components.data.beir import load_beir
 from components.data.judgements import read_judgements
@@ -75,10 +75,6 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
             raise StageFailed("no training groups: no training query has a relevant document")
         encoder = BiEncoder(load_causal_lm(layout.base_model), load_tokenizer(layout.base_model),
                             max_doc_tokens=cfg.max_doc_tokens, bf16=cfg.bf16)
-        train_params = BiEncoderTrainParams(
-            train_mode=cfg.train_mode, top_layers=cfg.top_layers, lr=cfg.lr,
-            batch_size=cfg.batch_size, max_steps=cfg.steps, temperature=cfg.temperature,
-            checkpoint_every=cfg.checkpoint_every, seed=params.seed)
         # Checkpoints (not a DVC output) resume only a run with the same settings and data.
         checkpoints = layout.checkpoints("biencoder") / run_key(
             {"biencoder": cfg.model_dump(), "seed": params.seed, "data": params.data.model_dump(),
@@ -90,7 +86,8 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
                   f"({step.elapsed_s:.0f}s)")
 
         started = time.perf_counter()
-        result = train_biencoder(encoder, groups, train_params, checkpoints, on_step=log_step)
+        result = train_biencoder(encoder, groups, cfg, checkpoints, on_step=log_step,
+                                 seed=params.seed)
         metrics = {"train_seconds": time.perf_counter() - started, "train_groups": len(groups)}
         if not result.completed:
             raise StageFailed(f"training stopped at step {result.steps_done}/{result.total_steps}")

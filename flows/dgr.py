@@ -35,7 +35,7 @@ from components.data.splits import HELDOUT, QuerySplits
 from components.dgr.identifiers import IdentifierParams, build_identifier_index
 from components.dgr.pyfunc import log_dgr_model
 from components.dgr.retriever import GenerativeRetriever, RetrieverConfig
-from components.dgr.training import DGRTrainParams, stage1_examples, train_stage1, train_stage2
+from components.dgr.training import stage1_examples, train_stage1, train_stage2
 from components.dgr.trie import build_trie
 from components.evaluation.costs import folder_bytes, time_each, write_cost
 from components.layout import Layout, run_key
@@ -53,15 +53,6 @@ def tfidf_embeddings(corpus: dict, doc_ids: list[str], dims: int, seed: int) -> 
     dims = max(2, min(dims, tfidf.shape[1] - 1, len(doc_ids) - 1))
     vectors = TruncatedSVD(dims, random_state=seed).fit_transform(tfidf)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
-
-
-def train_params(cfg, seed: int, max_steps: int) -> DGRTrainParams:
-    return DGRTrainParams(
-        train_mode=cfg.train_mode, top_layers=cfg.top_layers, lr=cfg.lr,
-        batch_size=cfg.batch_size, max_steps=max_steps, max_doc_tokens=cfg.max_doc_tokens,
-        checkpoint_every=cfg.checkpoint_every, seed=seed, num_passages=cfg.num_passages,
-        sampling=cfg.sampling, distill_loss=cfg.distill_loss, distill_view=cfg.distill_view,
-        alpha=cfg.alpha, temperature=cfg.temperature, margin=cfg.margin, bf16=cfg.bf16)
 
 
 CROSS_DATASET_NOTE = (
@@ -133,21 +124,22 @@ def dgr(params_path: str = "params.yaml") -> dict:
         run_dir = checkpoints / run_key(
             {"params": params.model_dump(), "data": tracking.dvc_data_hash(dataset_dir)})
         started = time.perf_counter()
-        stage1 = train_stage1(layout.base_model, examples,
-                              train_params(cfg, params.seed, cfg.stage1_steps),
-                              run_dir / "stage1", out / "gr_model", logger("stage1"))
+        stage1 = train_stage1(layout.base_model, examples, cfg, run_dir / "stage1",
+                              out / "gr_model", logger("stage1"), seed=params.seed,
+                              max_steps=cfg.stage1_steps)
         metrics["stage1_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
         teacher = {q: teacher_run[q] for q in train_qids}
-        train_stage2(out / "gr_model", queries, teacher, index,
-                     train_params(cfg, params.seed, cfg.stage2_steps),
-                     run_dir / "stage2", out / "dgr_model", qrels=qrels,
-                     on_step=logger("stage2"))
+        train_stage2(out / "gr_model", queries, teacher, index, cfg, run_dir / "stage2",
+                     out / "dgr_model", qrels=qrels, on_step=logger("stage2"), seed=params.seed,
+                     max_steps=cfg.stage2_steps)
         metrics["stage2_seconds"] = time.perf_counter() - started
         print(f"stage 1: {stage1.steps} steps; stage 2: {cfg.stage2_steps} steps")
 
+        # Decoding reads queries as training did (same token cut, same chat template).
         config = RetrieverConfig(view_weights=dict(cfg.view_weights), batch_size=cfg.batch_size,
-                                 bf16=cfg.bf16)
+                                 max_query_tokens=cfg.max_query_tokens,
+                                 use_chat_template=cfg.use_chat_template, bf16=cfg.bf16)
         # Decoding is the slow part on CPU: the first `dgr.eval_queries` of each evaluated set.
         evaluated = {split: qids[: cfg.eval_queries or None] for split, qids in
                      ((splits.test_split, splits.evaluated), (HELDOUT, splits.dev_evaluated))

@@ -24,7 +24,8 @@ import yaml
 from prefect import flow, get_run_logger, task
 
 from components import tracking
-from components.config import Params, ParamsError, load_params, require_dataset, write_params
+from components.config import Params, ParamsError, load_params, require_dataset
+from components.profiles import write_params
 from components.settings import repo_root
 from components.tracking import TrackingUnavailable
 
@@ -96,8 +97,8 @@ def pipeline(params_path: str = "params.yaml", profile: str = "", dataset: str =
 
     Args:
         params_path: the parameters file (DVC's stages read params.yaml).
-        profile: a profile in configs/profiles/ (e.g. "gpu") or a path: written over the
-            parameters file before the run. Empty: the file as it is.
+        profile: a profile in configs/profiles/ (e.g. "gpu") or a path: its keys are written
+            over the parameters file before the run. Empty: the file as it is.
         dataset: a dataset folder under data.root (sets data.name). Empty: as in the file.
         overrides: dotted keys and values written into the file, e.g. {"bm25.k1": 1.2}.
         stages: run only these stages (in pipeline order). Empty: all of them.

@@ -28,19 +28,19 @@ from safetensors.torch import load_file
 
 from components import registry, tracking
 from components.atomic import write_text_atomic
-from components.config import RabtrieverParams, load_params
+from components.config import load_params
 from components.data.beir import load_beir
 from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout, run_key
 from components.llm.prompts import PromptTemplate
 from components.rabtriever.late_interaction import TokenStates
-from components.rabtriever.model import Predictor, Rabtriever
+from components.rabtriever.model import Rabtriever
 from components.rabtriever.pair_documents import CollectedDocuments, model_fingerprint
+from components.rabtriever.predictor import Predictor
 from components.rabtriever.pyfunc import log_rabtriever_model
 from components.rabtriever.training import (
     JepaTrainingData,
-    JepaTrainParams,
     TeacherPairs,
     train_predictor,
 )
@@ -49,21 +49,6 @@ from components.teacher.data import document_text
 from flows._stage import StageFailed, run_cli, stage_flow
 
 REGISTERED_NAME = "rabtriever"
-
-
-def train_params(cfg: RabtrieverParams, seed: int) -> JepaTrainParams:
-    """The predictor's training knobs from `params.yaml`'s `jepa` section."""
-    return JepaTrainParams(
-        epochs=cfg.epochs,
-        top_m=cfg.top_m,
-        rkl_weight=cfg.rkl_weight,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        jepa_form=cfg.jepa_form,
-        jepa_temperature=cfg.jepa_temperature,
-        rkl_top_k=cfg.rkl_top_k,
-        seed=seed,
-    )
 
 
 def collected_documents(layout: Layout, retriever: Rabtriever) -> CollectedDocuments | None:
@@ -226,15 +211,14 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
         def log_step(step, values):
             mlflow.log_metrics({k: float(v) for k, v in values.items()}, step=step)
 
-        train_cfg = train_params(cfg, params.seed)
         started = time.perf_counter()
         checkpoints = layout.checkpoints("rabtriever")
         run_dir = checkpoints / run_key(
             {"params": params.model_dump(), "data": tracking.dvc_data_hash(dataset_dir)}
         )
         result = train_predictor(
-            retriever.predictor, retriever.scorer, data, train_cfg, log_fn=log_step,
-            checkpoint_dir=run_dir,
+            retriever.predictor, retriever.scorer, data, cfg, log_fn=log_step,
+            checkpoint_dir=run_dir, seed=params.seed,
         )  # fmt: skip
         train_seconds = time.perf_counter() - started
         retriever.predictor.eval()

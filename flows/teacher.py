@@ -27,7 +27,6 @@ from flows.teacher_worker import (
     launch_command,
     launch_env,
     parse_step,
-    train_params,
     training_inputs,
 )
 
@@ -96,8 +95,8 @@ def teacher_stage(params_path: str = "params.yaml") -> str:
         if params.distributed.num_processes > 1:
             result = train_launched(params, params_path, log_step)
         else:
-            result = train_teacher(layout.base_model, groups, template, train_params(params),
-                                   inputs.checkpoints, layout.teacher_model, on_step=log_step)
+            result = train_teacher(layout.base_model, groups, template, cfg, inputs.checkpoints,
+                                   layout.teacher_model, on_step=log_step, seed=params.seed)
         if not result.completed:
             raise StageFailed(f"training stopped at step {result.steps}/{result.total_steps}")
         mlflow.log_metrics({"final_loss": result.losses[-1] if result.losses else float("nan"),

@@ -8,7 +8,7 @@ run; nothing here imports Prefect or starts an MLflow run.
 
 Every rank builds the same training groups from params.yaml (deterministic in the seed) and
 the trainer shards each global batch by rank, so the loss curve does not depend on the process
-count (scripts/ds_two_process_check.py compares 1 and 2 processes).
+count (tests/teacher/test_two_process.py compares 1 and 2 processes).
 
 Other machines, the same module by hand (see README, "Operations"):
 
@@ -40,22 +40,11 @@ from components.llm.prompts import PromptTemplate
 from components.runs import read_trec_run
 from components.settings import repo_root
 from components.teacher.data import TrainingGroup, build_groups
-from components.teacher.training import StepMetrics, TrainParams, TrainResult
+from components.teacher.training import StepMetrics, TrainResult
 
 STEP_PREFIX = "teacher-step "
 # Set by a launcher in every rank; their absence means "not started by a launcher".
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
-def train_params(params: Params) -> TrainParams:
-    cfg = params.teacher
-    return TrainParams(
-        train_mode=cfg.train_mode, top_layers=cfg.top_layers, lora_r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio,
-        max_steps=cfg.max_steps, micro_batch_groups=cfg.micro_batch_groups,
-        global_batch_groups=cfg.global_batch_groups, max_doc_tokens=cfg.max_doc_tokens,
-        temperature=cfg.temperature, bf16=cfg.bf16, zero_stage=cfg.zero_stage,
-        checkpoint_every=cfg.checkpoint_every, seed=params.seed)
 
 
 def run_fingerprint(params: Params, data_hash: str) -> str:
@@ -150,8 +139,9 @@ def main(argv: list[str] | None = None) -> None:
         print(STEP_PREFIX + json.dumps(asdict(step)), flush=True)
 
     result: TrainResult = train_teacher(layout.base_model, inputs.groups, inputs.template,
-                                        train_params(params), inputs.checkpoints,
-                                        layout.teacher_model, on_step=report_step)
+                                        params.teacher, inputs.checkpoints,
+                                        layout.teacher_model, on_step=report_step,
+                                        seed=params.seed)
     if rank == 0:
         write_text_atomic(Path(args.result), json.dumps(
             {**asdict(result), "output_dir": str(result.output_dir or "")}))

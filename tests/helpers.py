@@ -1,9 +1,21 @@
-"""Build small BEIR folders for tests, good or deliberately broken."""
+"""Build small BEIR folders for tests, good or deliberately broken; params sections."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+from components.config import load_params
+from components.settings import REPO_ROOT
+
+
+def section(name: str, **overrides: Any):
+    """The repo's params.yaml section `name`, validated, with `overrides` (key=value) applied:
+    the way tests get trainer settings, so params.yaml stays the one place defaults are written."""
+    params = load_params(REPO_ROOT / "params.yaml",
+                         overrides={f"{name}.{key}": value for key, value in overrides.items()})
+    return getattr(params, name)
 
 GOOD_CORPUS = [
     {"_id": "d1", "title": "Aspirin and heart attacks",

@@ -10,35 +10,17 @@ components.training.loop's.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
 from components.biencoder.loss import contrastive_loss
 from components.biencoder.model import BiEncoder
+from components.config import BiEncoderParams
 from components.teacher.data import TrainingGroup
 from components.teacher.training import apply_train_mode
 from components.training.loop import LoopResult, StepMetrics, seed_everything, train_loop
-
-
-@dataclass
-class BiEncoderTrainParams:
-    train_mode: Literal["full", "top_layers"] = "top_layers"
-    top_layers: int = 6  # train_mode="top_layers": the last N decoder layers + final norm
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    grad_clip: float | None = 1.0
-    batch_size: int = 8  # groups (queries) per step
-    epochs: int = 1
-    max_steps: int | None = None  # overrides epochs when set
-    temperature: float = 0.05
-    checkpoint_every: int = 20
-    keep_checkpoints: int = 2
-    seed: int = 0
 
 
 class ContrastiveTask:
@@ -72,13 +54,15 @@ class ContrastiveTask:
 
 
 def train_biencoder(encoder: BiEncoder, groups: Sequence[TrainingGroup],
-                    params: BiEncoderTrainParams, checkpoint_dir: str | Path,
+                    params: BiEncoderParams, checkpoint_dir: str | Path,
                     on_step: Callable[[StepMetrics], None] | None = None,
-                    stop_after: int | None = None) -> LoopResult:
-    """Train `encoder.model` in place (resuming from `checkpoint_dir` if it holds a checkpoint)."""
-    seed_everything(params.seed)
+                    stop_after: int | None = None, *, seed: int) -> LoopResult:
+    """Train `encoder.model` in place for `params.steps` steps (resuming from `checkpoint_dir`
+    if it holds a checkpoint)."""
+    seed_everything(seed)
     encoder.model = apply_train_mode(encoder.model, params)
     task = ContrastiveTask(encoder, groups, params.temperature)
-    result = train_loop(encoder.model, task, params, checkpoint_dir, on_step, stop_after)
+    result = train_loop(encoder.model, task, params, checkpoint_dir, on_step, stop_after,
+                        seed=seed, max_steps=params.steps)
     encoder.model.eval()
     return result

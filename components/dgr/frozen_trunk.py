@@ -6,9 +6,9 @@ that enter the first trainable layer are then a fixed function of the token ids.
 the same (query prompt, passage identifier) rows every epoch, so `FrozenTrunk` computes those
 states once, on the step that first needs them, and every later step runs only the trainable
 layers: with 6 of 30 layers trainable a step costs 1.7x less on CPU (the backward pass and the
-LM head stay; `scripts/bench_dgr_stage2.py`).
+LM head stay; `bench_dgr_stage2.py` in docs/studies.md).
 
-The scores are those of `retriever.shared_prompt_logprobs` (each prompt once, the tokens every
+The scores are those of `scoring.shared_prompt_logprobs` (each prompt once, the tokens every
 identifier starts with moved into it, its identifiers after it), split at the first trainable
 layer:
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from components.dgr.packing import Packing, packable, run_layers, scored_logprobs
-from components.dgr.retriever import SharedHead, target_labels
+from components.dgr.scoring import SharedHead, target_labels
 
 Ids = tuple[int, ...]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.dgr.retriever import common_prefix, target_labels, token_logprobs
+from components.dgr.scoring import common_prefix, target_labels, token_logprobs
 
 
 def packable(model: nn.Module) -> bool:
@@ -162,7 +162,7 @@ def packed_target_logprobs(
     max_row_tokens: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced log p of every token of targets[i] given prompts[i]: ([N, L] log-probs,
-    mask), targets left-aligned; the values of `retriever.target_logprobs`.
+    mask), targets left-aligned; the values of `scoring.target_logprobs`.
 
     Packed rows: the prompts' common prefix (the system text) once per row, then each example's
     prompt rest and target behind it. Each prompt keeps its last token, which predicts the

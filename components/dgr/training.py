@@ -46,13 +46,14 @@ import torch
 from torch import nn
 
 from components.atomic import atomic_path
+from components.config import DGRParams
 from components.dgr.frozen_trunk import FrozenTrunk
-from components.dgr.identifiers import SEMANTIC_ID, Corpus, IdentifierIndex
+from components.dgr.identifiers import Corpus, IdentifierIndex
 from components.dgr.listwise_kl import listwise_kl
 from components.dgr.packing import packable, packed_target_logprobs
 from components.dgr.precision import bf16_layers
 from components.dgr.ranknet import distilled_ranknet
-from components.dgr.retriever import (
+from components.dgr.scoring import (
     QueryPrompt,
     make_lm_batch,
     shared_prompt_logprobs,
@@ -65,53 +66,6 @@ from components.teacher.training import TrainResult, apply_train_mode
 from components.training.loop import StepMetrics, seed_everything, train_loop
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DGRTrainParams:
-    """Knobs of one training run of either stage (the flow fills these from params.yaml)."""
-
-    train_mode: Literal["full", "top_layers"] = "full"
-    top_layers: int = 6  # train_mode="top_layers": the last N decoder layers + final norm
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    grad_clip: float | None = 1.0
-    batch_size: int = 8  # stage 1: examples per step; stage 2: queries (lists) per step
-    epochs: int = 1
-    max_steps: int | None = None  # overrides epochs when set
-    max_query_tokens: int = 64
-    max_doc_tokens: int = 64  # passage text of an indexing example
-    use_chat_template: bool = True
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    seed: int = 0
-    # Stage 2 only.
-    num_passages: int = 8  # m: passages per query list
-    sampling: Literal["top", "top_random"] = "top"
-    sampling_top: int = 4  # top_random: the teacher's top-a, then random ones from the rest
-    distill_loss: Literal["ranknet", "listwise_kl", "none"] = "ranknet"  # none: a control
-    distill_view: str = SEMANTIC_ID
-    alpha: float = 1.0  # weight of the generation loss
-    temperature: float = 1.0
-    margin: float = 0.0  # ranknet only
-    pair_weighting: Literal["dgr", "delta", "uniform"] = "dgr"  # ranknet only
-    # top_layers mode: compute the frozen layers' states of each stage-2 row once (same scores).
-    cache_frozen_states: bool = True
-    # Decoder layers under bf16 autocast where the hardware has native bf16 (`precision`).
-    bf16: bool = False
-
-    def __post_init__(self):
-        if self.train_mode not in ("full", "top_layers"):
-            raise ValueError(f"train_mode must be full or top_layers, got {self.train_mode!r}")
-        if self.sampling not in ("top", "top_random"):
-            raise ValueError(f"sampling must be top or top_random, got {self.sampling!r}")
-        if self.distill_loss not in ("ranknet", "listwise_kl", "none"):
-            raise ValueError(
-                f"distill_loss must be ranknet/listwise_kl/none: {self.distill_loss!r}"
-            )
-        if self.batch_size < 1 or self.num_passages < 1:
-            raise ValueError("batch_size and num_passages must be >= 1")
 
 
 # ---------------------------------------------------------------------------------- data
@@ -209,9 +163,11 @@ def stage2_lists(
     queries: Mapping[str, str],
     teacher_run: Run,
     index: IdentifierIndex,
-    params: DGRTrainParams,
+    params: DGRParams,
     qrels: Mapping[str, Mapping[str, int]] | None = None,
     epoch: int = 0,
+    *,
+    seed: int,
 ) -> list[DistillList]:
     """One list per query that is in both `queries` and `teacher_run`, with >= 2 passages.
 
@@ -229,7 +185,7 @@ def stage2_lists(
             for d, g in sorted(judged.items(), key=lambda kv: (-kv[1], kv[0]))
             if g > 0 and index.identifiers(params.distill_view, d)
         ]
-        rng = random.Random(f"{params.seed}/{epoch}/{qid}")
+        rng = random.Random(f"{seed}/{epoch}/{qid}")
         chosen = sample_passages(
             ranked, positives, params.num_passages, params.sampling, params.sampling_top, rng
         )
@@ -255,7 +211,7 @@ def generation_loss(model: nn.Module, prompts, targets, pad_id: int) -> torch.Te
 class _Stage1:
     """Tokenised stage-1 examples and the loss of a batch of them."""
 
-    def __init__(self, examples: Sequence[GRExample], tokenizer, params: DGRTrainParams):
+    def __init__(self, examples: Sequence[GRExample], tokenizer, params: DGRParams):
         if not examples:
             raise ValueError("stage 1 needs at least one example")
         query_prompt = QueryPrompt(tokenizer, params.max_query_tokens, params.use_chat_template)
@@ -278,7 +234,7 @@ class _Stage1:
 
 @torch.no_grad()
 def evaluate_stage1(
-    model: nn.Module, tokenizer, examples: Sequence[GRExample], params: DGRTrainParams
+    model: nn.Module, tokenizer, examples: Sequence[GRExample], params: DGRParams
 ) -> float:
     """Token-mean identifier cross-entropy over `examples` (e.g. a held-out set), in batches."""
     data = _Stage1(examples, tokenizer, params)
@@ -373,18 +329,21 @@ class _Stage2:
 def train_stage1(
     base_model_dir: str | Path,
     examples: Sequence[GRExample],
-    params: DGRTrainParams,
+    params: DGRParams,
     checkpoint_dir: str | Path,
     output_dir: str | Path,
     on_step: Callable[[StepMetrics], None] | None = None,
     stop_after_steps: int | None = None,
+    *,
+    seed: int,
+    max_steps: int,
 ) -> TrainResult:
-    """Standard GR training of the model at `base_model_dir`; the result goes to `output_dir`."""
+    """Standard GR training of the model at `base_model_dir` for `max_steps` steps (the flow
+    passes `dgr.stage1_steps`); the result goes to `output_dir`."""
     tokenizer = load_tokenizer(base_model_dir)
     task = _Stage1(examples, tokenizer, params)
-    return _train(
-        base_model_dir, task, params, checkpoint_dir, output_dir, on_step, stop_after_steps
-    )
+    return _train(base_model_dir, task, params, checkpoint_dir, output_dir, on_step,
+                  stop_after_steps, seed=seed, max_steps=max_steps)
 
 
 def train_stage2(
@@ -392,33 +351,38 @@ def train_stage2(
     queries: Mapping[str, str],
     teacher_run: Run,
     index: IdentifierIndex,
-    params: DGRTrainParams,
+    params: DGRParams,
     checkpoint_dir: str | Path,
     output_dir: str | Path,
     qrels: Mapping[str, Mapping[str, int]] | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
     stop_after_steps: int | None = None,
+    *,
+    seed: int,
+    max_steps: int,
 ) -> TrainResult:
-    """DGR distillation of `teacher_run` into the (stage-1 trained) model at `base_model_dir`."""
+    """DGR distillation of `teacher_run` into the (stage-1 trained) model at `base_model_dir`,
+    for `max_steps` steps (the flow passes `dgr.stage2_steps`)."""
     tokenizer = load_tokenizer(base_model_dir)
 
     def make_lists(epoch: int) -> list[DistillList]:
-        return stage2_lists(queries, teacher_run, index, params, qrels, epoch)
+        return stage2_lists(queries, teacher_run, index, params, qrels, epoch, seed=seed)
 
     task = _Stage2(make_lists, tokenizer, index, params)
-    return _train(
-        base_model_dir, task, params, checkpoint_dir, output_dir, on_step, stop_after_steps
-    )
+    return _train(base_model_dir, task, params, checkpoint_dir, output_dir, on_step,
+                  stop_after_steps, seed=seed, max_steps=max_steps)
 
 
 def _train(
-    base_model_dir, task, params: DGRTrainParams, checkpoint_dir, output_dir, on_step, stop_after
+    base_model_dir, task, params: DGRParams, checkpoint_dir, output_dir, on_step, stop_after, *,
+    seed: int, max_steps: int,
 ) -> TrainResult:
-    seed_everything(params.seed)
+    seed_everything(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = apply_train_mode(load_causal_lm(base_model_dir, device=device), params)
     bf16_layers(model, params.bf16)
-    result = train_loop(model, task, params, checkpoint_dir, on_step, stop_after)
+    result = train_loop(model, task, params, checkpoint_dir, on_step, stop_after, seed=seed,
+                        max_steps=max_steps)
     out = None
     if result.completed:
         out = Path(output_dir)

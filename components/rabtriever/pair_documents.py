@@ -35,8 +35,8 @@ import torch
 
 from components.atomic import atomic_path
 from components.llm.prompts import PromptBuilder
+from components.rabtriever.encoding import document_prompt_rows
 from components.rabtriever.late_interaction import TokenStates
-from components.rabtriever.model import document_prompt_rows
 
 FORMAT_VERSION = 1
 KEYS_FILE = "doc_keys.json"

@@ -35,8 +35,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from components.atomic import atomic_path
+from components.config import RabtrieverParams
 from components.rabtriever.jepa_loss import jepa_loss
-from components.rabtriever.model import Predictor, Rabtriever, RabtrieverScorer, predictor_state
+from components.rabtriever.model import Rabtriever
+from components.rabtriever.predictor import Predictor, RabtrieverScorer, predictor_state
 from components.rabtriever.reverse_kl import reverse_kl
 from components.teacher.reranker import LLMReranker, PairStates
 
@@ -95,27 +97,6 @@ class JepaTrainingData:
 
     def pair_features(self, rows: torch.Tensor) -> torch.Tensor | None:
         return None if self.features is None else self.features[rows]
-
-
-@dataclass
-class JepaTrainParams:
-    """Knobs of one predictor training run (the flow fills these from params.yaml)."""
-
-    epochs: int = 5
-    top_m: int = 8  # on-policy: pairs per query per epoch, the student's own top-m of the pool
-    rkl_weight: float = 1.0  # lambda in loss = mu * JEPA + lambda * reverse KL
-    jepa_weight: float = 1.0  # mu; 0 trains on the reverse KL alone (the loss ablation)
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    batch_size: int = 32  # pairs per optimizer step
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    jepa_form: str = "kl"  # "kl" | "smooth_l1" (components/rabtriever/jepa_loss.py)
-    jepa_temperature: float = 1.0
-    jepa_normalize: str = "layer"  # smooth_l1 only: "layer" | "l2"
-    rkl_temperature: float = 1.0
-    rkl_top_k: int = 0  # 0: the whole given support (full vocab or all cached ids)
-    score_batch_size: int = 4096  # pairs per no-grad scoring chunk when picking the top-m
-    seed: int = 0
 
 
 @dataclass
@@ -250,7 +231,7 @@ def _step_losses(
     scorer: RabtrieverScorer,
     data: JepaTrainingData,
     rows: torch.Tensor,
-    params: JepaTrainParams,
+    params: RabtrieverParams,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     device = next(predictor.parameters()).device
     pairs = data.pairs
@@ -285,19 +266,23 @@ def train_predictor(
     predictor: Predictor,
     scorer: RabtrieverScorer,
     data: JepaTrainingData,
-    params: JepaTrainParams,
+    params: RabtrieverParams,
     log_fn: LogFn | None = None,
     checkpoint_dir: str | Path | None = None,
+    *,
+    seed: int,
 ) -> JepaTrainResult:
     """Train `predictor` in place (see the module docstring); resume from `checkpoint_dir`.
 
-    `log_fn(step, {"loss", "jepa", "rkl", "epoch"})` is called after every optimizer step.
+    Loss = `jepa_weight` x JEPA + `rkl_weight` x reverse KL. `log_fn(step, {"loss", "jepa",
+    "rkl", "epoch"})` is called after every optimizer step.
     """
     if any(p.requires_grad for p in scorer.parameters()):
         raise ValueError("the LLM's norm and LM head must be frozen (Rabtriever freezes them)")
     optimizer = torch.optim.AdamW(
         predictor.parameters(), lr=params.lr, weight_decay=params.weight_decay
     )
+    identity = {**params.model_dump(), "seed": seed}  # what a resumed run must match
     history: list[EpochStats] = []
     step, start_epoch = 0, 0
     if predictor.uses_tokens:  # a resumed run then loads the same statistics with the weights
@@ -305,14 +290,14 @@ def train_predictor(
             raise ValueError("the maxsim predictor trains on pair features: none were given")
         predictor.fit_feature_scaling(data.features)
     if checkpoint_dir is not None and (Path(checkpoint_dir) / STATE_FILE).exists():
-        start_epoch, step, history = _resume(Path(checkpoint_dir), predictor, optimizer, params)
+        start_epoch, step, history = _resume(Path(checkpoint_dir), predictor, optimizer, identity)
         log.info("resumed from %s after epoch %d (step %d)", checkpoint_dir, start_epoch, step)
     groups, teacher = data.pairs.query_index, data.pairs.scores
 
     for epoch in range(start_epoch, params.epochs):
         # Seeding per epoch (not once) is what makes a resumed run identical to an unbroken one;
         # the global seed covers dropout, the generator tie-breaking and batch order.
-        epoch_seed = params.seed * 100_003 + epoch
+        epoch_seed = seed * 100_003 + epoch
         torch.manual_seed(epoch_seed)
         generator = torch.Generator().manual_seed(epoch_seed)
         scores = student_scores(predictor, scorer, data, params.score_batch_size)
@@ -346,7 +331,7 @@ def train_predictor(
                 epoch=epoch,
                 steps=len(batches),
                 loss=sums["loss"] / n,
-                jepa=sums["rabtriever"] / n,
+                jepa=sums["jepa"] / n,
                 rkl=sums["rkl"] / n,
                 agreement=agreement,
                 sampled=sampled,
@@ -361,7 +346,8 @@ def train_predictor(
             agreement,
         )
         if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, predictor, optimizer, epoch + 1, step, params, history)
+            save_checkpoint(checkpoint_dir, predictor, optimizer, epoch + 1, step, identity,
+                            history)
 
     predictor.eval()
     final = None
@@ -384,11 +370,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     epoch: int,
     step: int,
-    params: JepaTrainParams,
+    params: Mapping[str, Any],
     history: Sequence[EpochStats],
 ) -> None:
     """Atomically: predictor (safetensors), optimizer (torch.save of tensors and numbers only,
-    read back with weights_only=True), and a JSON with the epochs done, step, params, history."""
+    read back with weights_only=True), and a JSON with the epochs done, step, params (the
+    section and the seed), history."""
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
         save_file(predictor_state(predictor), tmp / PREDICTOR_FILE)
@@ -397,20 +384,20 @@ def save_checkpoint(
             "epoch": epoch,
             "step": step,
             "predictor": predictor.config,
-            "params": asdict(params),
+            "params": dict(params),
             "history": [asdict(h) for h in history],
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
 def _resume(
-    folder: Path, predictor: Predictor, optimizer: torch.optim.Optimizer, params: JepaTrainParams
+    folder: Path, predictor: Predictor, optimizer: torch.optim.Optimizer, params: Mapping[str, Any]
 ) -> tuple[int, int, list[EpochStats]]:
     state: dict[str, Any] = json.loads((folder / STATE_FILE).read_text())
     if state["predictor"] != predictor.config:
         raise ValueError(f"checkpoint predictor {state['predictor']} != {predictor.config}")
     changed = {
-        k for k, v in asdict(params).items() if state["params"].get(k) != v
+        k for k, v in params.items() if state["params"].get(k) != v
     } - _RESUMABLE_CHANGES
     if changed:
         raise ValueError(f"cannot resume {folder}: params changed: {sorted(changed)}")

@@ -25,14 +25,14 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
 from components.atomic import atomic_path
+from components.config import BiEncoderParams, DGRParams, TeacherParams
 from components.llm.base_model import load_causal_lm, load_tokenizer
 from components.llm.padding import left_pad
 from components.llm.precision import bf16_available
@@ -50,35 +50,8 @@ from components.training.loop import (
 
 log = logging.getLogger(__name__)
 
+# The DeepSpeed JSON the run's values are filled into; relative paths are from the repo root.
 DEFAULT_DEEPSPEED_CONFIG = Path("configs/deepspeed/teacher.json")
-LORA_ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass
-class TrainParams:
-    """Knobs of one training run (the flow fills these from params.yaml)."""
-
-    train_mode: Literal["lora", "top_layers", "full"] = "lora"
-    top_layers: int = 6  # train_mode="top_layers": the last N decoder layers + final norm
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: tuple[str, ...] = LORA_ALL_PROJECTIONS
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    epochs: int = 1
-    max_steps: int | None = None  # overrides epochs when set
-    micro_batch_groups: int = 1  # groups per forward/backward on one rank
-    global_batch_groups: int = 8  # groups per optimizer step over all ranks
-    max_doc_tokens: int = 192
-    temperature: float = 1.0
-    bf16: bool = True  # CPU: autocast where native bf16 exists; CUDA: DeepSpeed bf16
-    zero_stage: int | None = None  # None: as in the DeepSpeed JSON
-    deepspeed_config: Path = DEFAULT_DEEPSPEED_CONFIG  # relative paths: from the repo root
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    seed: int = 0
 
 
 @dataclass
@@ -145,8 +118,10 @@ class PairScoringModule(nn.Module):
         return out.answer_logits
 
 
-def apply_train_mode(model: nn.Module, params: TrainParams) -> nn.Module:
-    """Choose what trains: LoRA adapters, the top N layers, or everything."""
+def apply_train_mode(
+    model: nn.Module, params: TeacherParams | DGRParams | BiEncoderParams
+) -> nn.Module:
+    """Choose what trains: LoRA adapters (teacher only), the top N layers, or everything."""
     if params.train_mode == "full":
         return model
     if params.train_mode == "top_layers":
@@ -173,10 +148,11 @@ def apply_train_mode(model: nn.Module, params: TrainParams) -> nn.Module:
 
 
 def build_deepspeed_config(
-    params: TrainParams, world_size: int, cuda: bool, grad_accum: int
+    params: TeacherParams, world_size: int, cuda: bool, grad_accum: int,
+    config_path: str | Path = DEFAULT_DEEPSPEED_CONFIG,
 ) -> dict:
     """The JSON config with the run's values filled in (the keys its `_comment` lists)."""
-    path = Path(params.deepspeed_config)
+    path = Path(config_path)
     if not path.is_absolute():
         path = repo_root() / path
     config = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
@@ -188,10 +164,7 @@ def build_deepspeed_config(
     # The schedule is a client LambdaLR (see `warmup_linear_decay`): DeepSpeed's WarmupDecayLR
     # spends the first step at lr=0 and forces >= 2 warmup steps.
     config.pop("scheduler", None)
-    if params.zero_stage is not None:
-        if params.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0-3, got {params.zero_stage}")
-        config.setdefault("zero_optimization", {})["stage"] = params.zero_stage
+    config.setdefault("zero_optimization", {})["stage"] = params.zero_stage
     config["bf16"] = {"enabled": bool(cuda and params.bf16)}
     return config
 
@@ -200,11 +173,14 @@ def train_teacher(
     base_model_dir: str | Path,
     groups: Sequence[TrainingGroup],
     template: PromptTemplate,
-    params: TrainParams,
+    params: TeacherParams,
     checkpoint_dir: str | Path,
     output_dir: str | Path,
     on_step: Callable[[StepMetrics], None] | None = None,
     stop_after_steps: int | None = None,
+    *,
+    seed: int,
+    deepspeed_config: str | Path = DEFAULT_DEEPSPEED_CONFIG,
 ) -> TrainResult:
     """Fine-tune the reranker at `base_model_dir` on `groups`; save it to `output_dir`.
 
@@ -234,10 +210,11 @@ def train_teacher(
     steps_per_epoch = len(groups) // params.global_batch_groups
     if steps_per_epoch == 0:
         raise ValueError(f"{len(groups)} groups < one global batch ({params.global_batch_groups})")
-    total_steps = params.max_steps or params.epochs * steps_per_epoch
+    total_steps = params.max_steps
     warmup_steps = int(params.warmup_ratio * total_steps)
+    identity = _run_identity(params, seed, deepspeed_config)
 
-    seed_everything(params.seed)  # identical LoRA init on every rank
+    seed_everything(seed)  # identical LoRA init on every rank
     tokenizer = load_tokenizer(base_model_dir)
     answer_tokens = resolve_answer_token_ids(tokenizer, template)
     prompts = PromptBuilder(template, tokenizer, params.max_doc_tokens)
@@ -247,7 +224,7 @@ def train_teacher(
     module = PairScoringModule(lm, answer_tokens, autocast)
     trainable = [p for p in module.parameters() if p.requires_grad]
 
-    config = build_deepspeed_config(params, world, cuda, grad_accum)
+    config = build_deepspeed_config(params, world, cuda, grad_accum, deepspeed_config)
     engine, _, _, _ = deepspeed.initialize(
         model=module,
         model_parameters=trainable,
@@ -263,7 +240,7 @@ def train_teacher(
         load_path, client = engine.load_checkpoint(str(checkpoint_dir))
         if load_path is None:
             raise RuntimeError(f"could not load the checkpoint in {checkpoint_dir}")
-        _check_same_run(client.get("params", {}), params, checkpoint_dir)
+        _check_same_run(client.get("params", {}), identity, checkpoint_dir)
         epoch, step_in_epoch = client["epoch"], client["step_in_epoch"]
         set_rng_state(
             torch.load(Path(load_path).parent / f"rng_rank{rank}.pt", weights_only=True)
@@ -276,7 +253,7 @@ def train_teacher(
     batches, batches_epoch = [], None
     while engine.global_steps < total_steps:
         if batches_epoch != epoch:  # the order is a function of (seed, epoch) only
-            batches = global_batches(len(groups), epoch, params.seed, params.global_batch_groups)
+            batches = global_batches(len(groups), epoch, seed, params.global_batch_groups)
             batches_epoch = epoch
         t0 = time.perf_counter()
         lr = engine.get_lr()[0]
@@ -315,7 +292,8 @@ def train_teacher(
         stop = stop_after_steps is not None and len(losses) >= stop_after_steps
         done = engine.global_steps >= total_steps
         if engine.global_steps % params.checkpoint_every == 0 or (stop and not done):
-            _save_checkpoint(engine, checkpoint_dir, epoch, step_in_epoch, params, rank)
+            _save_checkpoint(engine, checkpoint_dir, epoch, step_in_epoch, identity,
+                             params.keep_checkpoints, rank)
         if stop:
             break
 
@@ -332,17 +310,18 @@ def train_teacher(
     )
 
 
-def _save_checkpoint(engine, checkpoint_dir: Path, epoch, step_in_epoch, params, rank) -> None:
+def _save_checkpoint(engine, checkpoint_dir: Path, epoch, step_in_epoch, identity: dict,
+                     keep: int, rank) -> None:
     tag = f"step{engine.global_steps:08d}"
     tag_dir = checkpoint_dir / tag
     tag_dir.mkdir(parents=True, exist_ok=True)
     # RNG first: DeepSpeed writes `latest` last, so a checkpoint that `latest` names is complete.
     torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt")
-    client = {"epoch": epoch, "step_in_epoch": step_in_epoch, "params": _run_identity(params)}
+    client = {"epoch": epoch, "step_in_epoch": step_in_epoch, "params": identity}
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client)
     if rank == 0:
         tags = sorted(p for p in checkpoint_dir.glob("step*") if p.is_dir())
-        for old in tags[: -params.keep_checkpoints]:
+        for old in tags[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     torch.distributed.barrier()
 
@@ -351,17 +330,14 @@ def _save_checkpoint(engine, checkpoint_dir: Path, epoch, step_in_epoch, params,
 _RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints"}
 
 
-def _run_identity(params: TrainParams) -> dict:
-    return {
-        k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-        for k, v in asdict(params).items()
-        if k not in _RESUMABLE_CHANGES
-    }
+def _run_identity(params: TeacherParams, seed: int, deepspeed_config: str | Path) -> dict:
+    """What a checkpoint must have been written with to be resumed."""
+    values = {**params.model_dump(), "seed": seed, "deepspeed_config": str(deepspeed_config)}
+    return {k: v for k, v in values.items() if k not in _RESUMABLE_CHANGES}
 
 
-def _check_same_run(saved: dict, params: TrainParams, checkpoint_dir: Path) -> None:
+def _check_same_run(saved: dict, current: dict, checkpoint_dir: Path) -> None:
     """Refuse to resume a checkpoint written with different training params."""
-    current = _run_identity(params)
     changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
     if changed:
         raise ValueError(

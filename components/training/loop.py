@@ -39,16 +39,15 @@ log = logging.getLogger(__name__)
 
 
 class LoopSettings(Protocol):
+    """The keys of a params.yaml section (`dgr`, `biencoder`) the loop reads."""
+
     lr: float
     weight_decay: float
     warmup_ratio: float
-    grad_clip: float | None
+    grad_clip: float  # 0 = off
     batch_size: int
-    epochs: int
-    max_steps: int | None  # overrides epochs when set
     checkpoint_every: int
     keep_checkpoints: int
-    seed: int
 
 
 class Task(Protocol):
@@ -102,8 +101,9 @@ def epoch_batches(n: int, epoch: int, seed: int, batch_size: int) -> list[list[i
 
 def train_loop(model: nn.Module, task: Task, params: LoopSettings, checkpoint_dir: str | Path,
                on_step: Callable[[StepMetrics], None] | None = None,
-               stop_after: int | None = None) -> LoopResult:
-    """Train `model` in place, resuming from `checkpoint_dir` when it holds a checkpoint.
+               stop_after: int | None = None, *, seed: int, max_steps: int) -> LoopResult:
+    """Train `model` in place for `max_steps` steps, resuming from `checkpoint_dir` when it
+    holds a checkpoint; batches are seeded by `seed` and the epoch.
 
     `stop_after` ends the call after that many steps with a checkpoint (tests use it to
     simulate an interruption).
@@ -112,7 +112,7 @@ def train_loop(model: nn.Module, task: Task, params: LoopSettings, checkpoint_di
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = math.ceil(len(task) / params.batch_size)
-    total_steps = params.max_steps or params.epochs * steps_per_epoch
+    total_steps = max_steps
     lr_factor = warmup_linear_decay(total_steps, int(params.warmup_ratio * total_steps))
     checkpoint_dir = Path(checkpoint_dir)
     step = load_checkpoint(checkpoint_dir, model, optimizer)
@@ -126,7 +126,7 @@ def train_loop(model: nn.Module, task: Task, params: LoopSettings, checkpoint_di
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != batches_epoch:
             batches_epoch = epoch
-            batches = epoch_batches(len(task), epoch, params.seed, params.batch_size)
+            batches = epoch_batches(len(task), epoch, seed, params.batch_size)
         lr = params.lr * lr_factor(step)
         for group in optimizer.param_groups:
             group["lr"] = lr

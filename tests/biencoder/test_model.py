@@ -8,9 +8,10 @@ import torch
 
 from components.biencoder.loss import contrastive_loss
 from components.biencoder.model import BiEncoder
-from components.biencoder.training import BiEncoderTrainParams, train_biencoder
+from components.biencoder.training import train_biencoder
 from components.llm.base_model import load_causal_lm, load_tokenizer
 from components.teacher.data import build_groups, toy_retrieval_data
+from tests.helpers import section
 
 
 def test_contrastive_loss_matches_hand_computation():
@@ -54,9 +55,9 @@ def test_training_lowers_the_loss_and_improves_ranking(encoder, tmp_path):
     groups = build_groups(corpus, queries, qrels, run, n_negatives=1, depth=8)
     before = _toy_ndcg_proxy(encoder, queries, qrels, corpus)
     frozen = encoder.model.get_input_embeddings().weight.detach().clone()
-    params = BiEncoderTrainParams(train_mode="full", lr=3e-3, batch_size=4, max_steps=40,
-                                  temperature=0.1, checkpoint_every=100, warmup_ratio=0.0)
-    result = train_biencoder(encoder, groups, params, tmp_path / "ckpt")
+    params = section("biencoder", train_mode="full", lr=3e-3, batch_size=4, steps=40,
+                     temperature=0.1, checkpoint_every=100, warmup_ratio=0.0)
+    result = train_biencoder(encoder, groups, params, tmp_path / "ckpt", seed=0)
     assert result.completed and np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
     after = _toy_ndcg_proxy(encoder, queries, qrels, corpus)
     assert after > before and after >= 0.75
@@ -67,9 +68,9 @@ def test_top_layers_mode_trains_only_the_top_layers(encoder, tmp_path):
     corpus, queries, qrels, run = toy_retrieval_data(n_topics=4)
     groups = build_groups(corpus, queries, qrels, run, n_negatives=1, depth=8)
     bottom = [p.detach().clone() for p in encoder.model.get_decoder().layers[0].parameters()]
-    params = BiEncoderTrainParams(train_mode="top_layers", top_layers=1, lr=1e-2, batch_size=4,
-                                  max_steps=2, checkpoint_every=100)
-    train_biencoder(encoder, groups, params, tmp_path / "ckpt")
+    params = section("biencoder", train_mode="top_layers", top_layers=1, lr=1e-2, batch_size=4,
+                     steps=2, checkpoint_every=100)
+    train_biencoder(encoder, groups, params, tmp_path / "ckpt", seed=0)
     after = list(encoder.model.get_decoder().layers[0].parameters())
     assert all(torch.equal(a, b) for a, b in zip(bottom, after, strict=True))
     top = encoder.model.get_decoder().layers[-1]

@@ -3,12 +3,11 @@ breaks it, naming the rule and the file (the folder name selects the rules)."""
 
 import pytest
 
-from components.config import ValidateParams
 from components.validation.report import validate_dataset
 from components.validation.suites import ESCONV_STRATEGY_IDS
-from tests.helpers import write_beir
+from tests.helpers import section, write_beir
 
-PARAMS = ValidateParams()
+PARAMS = section("validate")
 STRATEGIES = [{"_id": s, "title": s, "text": f"description of {s}"} for s in ESCONV_STRATEGY_IDS]
 CONTEXTS = [{"_id": q, "text": f"seeker: context {q}"} for q in ("dev-0", "test-0", "test-1")]
 

@@ -7,18 +7,18 @@ import pytest
 import torch
 
 from components.dgr.frozen_trunk import FrozenTrunk, first_trainable_layer
-from components.dgr.retriever import QueryPrompt, shared_prompt_logprobs
+from components.dgr.scoring import QueryPrompt, shared_prompt_logprobs
 from components.dgr.trie import encode_identifier
 
 
 @pytest.fixture
 def top_layer_model(tiny_model_dir):
     """The tiny 2-layer model with only its last layer (and the final norm) trainable."""
-    from components.dgr.training import DGRTrainParams
     from components.llm.base_model import load_causal_lm
     from components.teacher.training import apply_train_mode
+    from tests.dgr.test_training import dgr_params
 
-    params = DGRTrainParams(train_mode="top_layers", top_layers=1)
+    params = dgr_params(train_mode="top_layers", top_layers=1)
     return apply_train_mode(load_causal_lm(tiny_model_dir), params)
 
 
@@ -88,18 +88,18 @@ def test_stage2_trains_the_same_with_and_without_the_cache(
     """Same losses step by step and the same trained weights: the cache changes only the cost."""
     from safetensors.torch import load_file
 
-    from components.dgr.training import DGRTrainParams, train_stage2
-    from tests.dgr.test_training import QUERIES, teacher_fixture
+    from components.dgr.training import train_stage2
+    from tests.dgr.test_training import QUERIES, dgr_params, teacher_fixture
 
     teacher = teacher_fixture(identifier_index)
     runs = {}
     for cached in (True, False):
-        params = DGRTrainParams(train_mode="top_layers", top_layers=1, lr=3e-3, batch_size=2,
-                                max_steps=4, num_passages=5, alpha=0.1, checkpoint_every=100,
-                                cache_frozen_states=cached)  # fmt: skip
+        params = dgr_params(train_mode="top_layers", top_layers=1, lr=3e-3, batch_size=2,
+                            num_passages=5, alpha=0.1, checkpoint_every=100,
+                            cache_frozen_states=cached)  # fmt: skip
         out = tmp_path / f"cached_{cached}"
         result = train_stage2(tiny_model_dir, QUERIES, teacher, identifier_index, params,
-                              out / "ckpt", out / "model")  # fmt: skip
+                              out / "ckpt", out / "model", seed=0, max_steps=4)  # fmt: skip
         runs[cached] = (result.losses, load_file(result.output_dir / "model.safetensors"))
     (cached_losses, cached_weights), (plain_losses, plain_weights) = runs[True], runs[False]
     assert len(cached_losses) == 4 and cached_losses[-1] < cached_losses[0]

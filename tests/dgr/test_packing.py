@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from components.dgr.packing import Packing, packable, packed_target_logprobs
-from components.dgr.retriever import QueryPrompt, common_prefix, make_lm_batch, target_logprobs
+from components.dgr.scoring import QueryPrompt, common_prefix, make_lm_batch, target_logprobs
 from components.dgr.trie import encode_identifier
 
 

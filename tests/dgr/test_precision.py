@@ -9,7 +9,8 @@ import torch
 
 from components.dgr.packing import packed_target_logprobs
 from components.dgr.precision import bf16_layers, runs_bf16
-from components.dgr.retriever import GenerativeRetriever, QueryPrompt, RetrieverConfig
+from components.dgr.retriever import GenerativeRetriever, RetrieverConfig
+from components.dgr.scoring import QueryPrompt
 from components.dgr.trie import encode_identifier
 from components.llm.base_model import load_causal_lm
 from components.llm.precision import cpu_supports_bf16

@@ -4,9 +4,9 @@ import torch
 from safetensors.torch import load_file
 from scipy.stats import kendalltau
 
+from components.config import DGRParams
 from components.dgr.retriever import GenerativeRetriever, RetrieverConfig
 from components.dgr.training import (
-    DGRTrainParams,
     evaluate_stage1,
     sample_passages,
     stage1_examples,
@@ -15,9 +15,18 @@ from components.dgr.training import (
     train_stage2,
 )
 from components.llm.base_model import load_causal_lm
+from tests.helpers import section
 
 QUERIES = {"q1": "silver rocket over the valley", "q2": "an old violin in winter"}
 QRELS = {"q1": {"d03": 1}, "q2": {"d05": 2, "d06": 0}}
+
+
+def dgr_params(**overrides) -> DGRParams:
+    """params.yaml's dgr section as these tests are tuned: every layer trains, in fp32, the
+    semantic-id view scores passages, indexing examples read 64 passage tokens."""
+    tuned = {"train_mode": "full", "bf16": False, "distill_view": "semantic_id",
+             "max_doc_tokens": 64}
+    return section("dgr", **{**tuned, **overrides})
 
 
 def small_stage1_examples(corpus, identifier_index):
@@ -47,11 +56,12 @@ def test_stage1_training_lowers_the_loss(
     tiny_model_dir, tokenizer, corpus, identifier_index, tmp_path, bf16
 ):
     examples = small_stage1_examples(corpus, identifier_index)
-    params = DGRTrainParams(lr=3e-3, batch_size=8, max_steps=12, checkpoint_every=100, bf16=bf16)
+    params = dgr_params(lr=3e-3, batch_size=8, checkpoint_every=100, bf16=bf16)
     before = evaluate_stage1(load_causal_lm(tiny_model_dir), tokenizer, examples, params)
     logged = []
     result = train_stage1(
-        tiny_model_dir, examples, params, tmp_path / "ckpt", tmp_path / "out", on_step=logged.append
+        tiny_model_dir, examples, params, tmp_path / "ckpt", tmp_path / "out",
+        on_step=logged.append, seed=0, max_steps=12,
     )
     assert result.completed and [m.step for m in logged] == list(range(1, 13))
     after = evaluate_stage1(load_causal_lm(result.output_dir), tokenizer, examples, params)
@@ -62,15 +72,12 @@ def test_checkpoint_resume_reproduces_an_uninterrupted_run(
     tiny_model_dir, corpus, identifier_index, tmp_path
 ):
     examples = small_stage1_examples(corpus, identifier_index)
-    params = DGRTrainParams(
-        lr=1e-3,
-        batch_size=8,
-        max_steps=4,
-        checkpoint_every=2,
-        train_mode="top_layers",
-        top_layers=1,
+    params = dgr_params(lr=1e-3, batch_size=8, checkpoint_every=2, train_mode="top_layers",
+                        top_layers=1)
+    steps = {"seed": 0, "max_steps": 4}
+    full = train_stage1(
+        tiny_model_dir, examples, params, tmp_path / "a_ckpt", tmp_path / "a_out", **steps
     )
-    full = train_stage1(tiny_model_dir, examples, params, tmp_path / "a_ckpt", tmp_path / "a_out")
     first = train_stage1(
         tiny_model_dir,
         examples,
@@ -78,10 +85,13 @@ def test_checkpoint_resume_reproduces_an_uninterrupted_run(
         tmp_path / "b_ckpt",
         tmp_path / "b_out",
         stop_after_steps=1,
+        **steps,
     )
     assert not first.completed and first.output_dir is None
     assert (tmp_path / "b_ckpt" / "latest").read_text() == "step00000001"
-    second = train_stage1(tiny_model_dir, examples, params, tmp_path / "b_ckpt", tmp_path / "b_out")
+    second = train_stage1(
+        tiny_model_dir, examples, params, tmp_path / "b_ckpt", tmp_path / "b_out", **steps
+    )
     assert second.completed and len(second.losses) == 3
     assert second.losses == pytest.approx(full.losses[1:], rel=1e-5)
     a = load_file(str(tmp_path / "a_out" / "model.safetensors"))
@@ -139,16 +149,15 @@ def test_stage2_distillation_increases_agreement_with_the_teacher(
     loss, steps, floor, tiny_model_dir, tokenizer, trie, identifier_index, tmp_path
 ):
     teacher = teacher_fixture(identifier_index)
-    params = DGRTrainParams(
+    params = dgr_params(
         lr=3e-3,
         batch_size=2,
-        max_steps=steps,
         num_passages=5,
         distill_loss=loss,
         alpha=0.1,
         checkpoint_every=100,
     )
-    lists = stage2_lists(QUERIES, teacher, identifier_index, params)
+    lists = stage2_lists(QUERIES, teacher, identifier_index, params, seed=0)
     assert [len(x.doc_ids) for x in lists] == [5, 5]
     before = agreement(load_causal_lm(tiny_model_dir), tokenizer, trie, identifier_index, teacher)
     parts = []
@@ -161,6 +170,8 @@ def test_stage2_distillation_increases_agreement_with_the_teacher(
         tmp_path / "ckpt",
         tmp_path / "out",
         on_step=lambda m: parts.append(m.parts),
+        seed=0,
+        max_steps=steps,
     )
     assert set(parts[0]) == {"distill", "generation"}
     assert parts[-1]["distill"] < parts[0]["distill"]
@@ -177,9 +188,9 @@ def test_control_loss_is_the_generation_term_alone(tiny_model, tokenizer, identi
     teacher = teacher_fixture(identifier_index)
     losses = {}
     for name in ("none", "ranknet"):
-        params = DGRTrainParams(num_passages=5, distill_loss=name, alpha=0.5)
+        params = dgr_params(num_passages=5, distill_loss=name, alpha=0.5)
         def make_lists(epoch, p=params):
-            return stage2_lists(QUERIES, teacher, identifier_index, p, epoch=epoch)
+            return stage2_lists(QUERIES, teacher, identifier_index, p, epoch=epoch, seed=0)
 
         task = _Stage2(make_lists, tokenizer, identifier_index, params)
         with torch.no_grad():

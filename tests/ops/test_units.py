@@ -11,7 +11,8 @@ from dataclasses import asdict
 
 import pytest
 
-from components.config import ParamsError, load_params, write_params
+from components.config import ParamsError, load_params
+from components.profiles import write_params
 from components.settings import REPO_ROOT
 from components.teacher.training import StepMetrics
 from flows.services import Service, is_alive, process_tree, terminate
@@ -78,8 +79,13 @@ def test_write_params_applies_a_profile_and_overrides_keeping_comments(tmp_path)
     params = load_params(target)
     assert params.profile == "gpu" and params.data.name == "nfcorpus"
     assert params.distributed.num_processes == 4
+    assert params.teacher.max_steps == 600  # the profile's
+    assert params.teacher.lr == load_params(REPO_ROOT / "params.yaml").teacher.lr  # params.yaml's
     assert "data.name: 'scifact' -> 'nfcorpus'" in changes
-    assert "# GPU profile: a whole params file." in target.read_text()  # comments kept
+    text = target.read_text()
+    assert text.startswith("# Pipeline parameters:")  # params.yaml's comments kept...
+    assert "  max_steps: 600             # optimizer steps\n" in text  # ...the profile's
+    assert "  train_name: null " in text  # nulls stay null
     assert write_params(target, overrides={"data.name": "nfcorpus"}) == []  # no change
 
 

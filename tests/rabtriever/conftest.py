@@ -1,6 +1,7 @@
 """Rabtriever fixtures: the tiny 2-layer Llama of tests/models (real SmolLM2 tokenizer), a toy
 collection, and the tiny teacher's outputs on it, cached once per session as the real pipeline
-caches the trained teacher's."""
+caches the trained teacher's. Students get the shipped predictor form (`params.yaml`:
+`rabtriever.predictor_form: maxsim`); tests of the other forms build theirs explicitly."""
 
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ from components.llm.base_model import (
 )
 from components.llm.prompts import PromptTemplate
 from components.rabtriever.model import Rabtriever
+from components.rabtriever.predictor import Predictor
 from components.rabtriever.training import JepaTrainingData, TeacherPairs, build_training_data
 from components.teacher.data import document_text, toy_retrieval_data
 from components.teacher.reranker import LLMReranker, PairStates
 
 MAX_DOC_TOKENS = 48
 TOP_K = 64  # cached teacher logits per pair
+# The shipped `rabtriever.maxsim_layers` ([0, 5]) on the 2-layer tiny teacher: its token
+# embeddings and its last decoder layer.
+LAYERS = [0, 2]
 
 
 @dataclass
@@ -63,9 +68,29 @@ def tiny_tokenizer(tiny_model_master):
     return load_tokenizer(tiny_model_master)
 
 
+def maxsim_predictor(model) -> Predictor:
+    """A fresh predictor of the shipped form for `model`."""
+    vocab = model.get_input_embeddings().num_embeddings
+    return Predictor(model.config.hidden_size, form="maxsim", layers=LAYERS, vocab_size=vocab)
+
+
+def maxsim_rabtriever(model, tokenizer, template, corpus: dict[str, str], **kw) -> Rabtriever:
+    """A student with a fresh maxsim predictor whose IDF table is fitted on `corpus`, as the
+    `rabtriever` stage fits it on the corpus before training."""
+    student = Rabtriever(model, tokenizer, template, maxsim_predictor(model),
+                         max_doc_tokens=MAX_DOC_TOKENS, **kw)  # fmt: skip
+    student.fit_idf(list(corpus.values()))
+    return student
+
+
 @pytest.fixture
-def make_rabtriever(teacher_model, tiny_tokenizer, template):
+def make_rabtriever(teacher_model, tiny_tokenizer, template, toy):
+    """Students on the shared tiny teacher: the shipped maxsim form (IDF fitted on the toy
+    corpus) unless a `predictor` is given."""
+
     def make(**kw) -> Rabtriever:
+        if "predictor" not in kw:
+            return maxsim_rabtriever(teacher_model, tiny_tokenizer, template, toy.corpus, **kw)
         return Rabtriever(
             teacher_model, tiny_tokenizer, template, max_doc_tokens=MAX_DOC_TOKENS, **kw
         )
@@ -88,8 +113,9 @@ def indexed_rabtriever(make_rabtriever, toy) -> Rabtriever:
 
 @pytest.fixture(scope="session")
 def teacher_cache(teacher_model, tiny_tokenizer, template, toy) -> TeacherCache:
-    """Query/doc embeddings from the frozen LLM, and the teacher's pair states for every pool."""
-    student = Rabtriever(teacher_model, tiny_tokenizer, template, max_doc_tokens=MAX_DOC_TOKENS)
+    """Query/doc embeddings and the maxsim pair features from the frozen LLM, and the teacher's
+    pair states for every pool."""
+    student = maxsim_rabtriever(teacher_model, tiny_tokenizer, template, toy.corpus)
     data = build_training_data(student, toy.queries, toy.corpus, toy.pools, top_k=TOP_K)
     # The same pairs through the teacher directly, for independent checks.
     teacher = LLMReranker(teacher_model, tiny_tokenizer, template, max_doc_tokens=MAX_DOC_TOKENS)
@@ -108,4 +134,5 @@ def full_vocab_data(teacher_cache, teacher_model) -> JepaTrainingData:
         data.pairs.query_index, data.pairs.doc_index, data.pairs.hidden, logits,
         scores=data.pairs.scores,
     )  # fmt: skip
-    return JepaTrainingData(data.query_embs, data.doc_embs, pairs, data.query_ids, data.doc_ids)
+    return JepaTrainingData(data.query_embs, data.doc_embs, pairs, data.query_ids, data.doc_ids,
+                            data.features)  # fmt: skip

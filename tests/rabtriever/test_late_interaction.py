@@ -10,15 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from components.rabtriever.late_interaction import TokenStates, fit_idf, maxsim_features
-from components.rabtriever.model import (
-    Predictor,
-    Rabtriever,
+from components.rabtriever.encoding import (
     encode_document_tokens,
     encode_queries,
     encode_query_tokens,
 )
-from components.rabtriever.training import JepaTrainParams, build_training_data, train_predictor
+from components.rabtriever.late_interaction import TokenStates, fit_idf, maxsim_features
+from components.rabtriever.model import Rabtriever
+from components.rabtriever.predictor import Predictor
+from components.rabtriever.training import build_training_data, train_predictor
+from tests.helpers import section
 
 from .conftest import MAX_DOC_TOKENS
 
@@ -244,9 +245,10 @@ def test_a_longer_maxsim_cut_reads_more_of_each_document(make_rabtriever, maxsim
 def test_maxsim_training_learns_the_teachers_ranking(maxsim_student, toy):
     data = build_training_data(maxsim_student, toy.queries, toy.corpus, toy.pools, top_k=16)
     assert data.features is not None and data.features.shape == (len(data.pairs.query_index), 5)
-    params = JepaTrainParams(epochs=10, top_m=6, lr=3e-2, batch_size=8, weight_decay=0.0,
-                             jepa_form="smooth_l1", rkl_weight=0.0, seed=0)  # fmt: skip
-    result = train_predictor(maxsim_student.predictor, maxsim_student.scorer, data, params)
+    params = section("rabtriever", epochs=10, top_m=6, lr=3e-2, batch_size=8, weight_decay=0.0,
+                     jepa_form="smooth_l1", rkl_weight=0.0)  # fmt: skip
+    result = train_predictor(maxsim_student.predictor, maxsim_student.scorer, data, params,
+                             seed=0)
     assert result.epochs[0].agreement == pytest.approx(0.5)  # untrained: documents do not count
     assert result.final_agreement > 0.6
     assert result.epochs[-1].loss < result.epochs[0].loss

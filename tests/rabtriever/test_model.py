@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from components.llm.padding import left_pad
-from components.rabtriever.model import Rabtriever, encode_documents, encode_queries
+from components.rabtriever.encoding import encode_documents, encode_queries
+from components.rabtriever.model import Rabtriever
 from components.teacher.reranker import LLMReranker, answer_logits, yes_no_score
 
-from .conftest import MAX_DOC_TOKENS
+from .conftest import MAX_DOC_TOKENS, maxsim_predictor
 
 QUERIES = ["Tell me about the harbor.", "q", "A longer query about several different things."]
 
@@ -68,10 +69,18 @@ def test_readout_is_the_teachers(make_rabtriever, teacher_cache):
     )
 
 
+@pytest.mark.parametrize("form", ["maxsim", "mlp"])
 def test_untrained_student_scores_every_document_as_the_teacher_scores_the_query_alone(
-    tiny_model_master, toy, teacher_model, tiny_tokenizer, template
+    tiny_model_master, toy, teacher_model, tiny_tokenizer, template, form
 ):
-    retriever = Rabtriever.from_pretrained(tiny_model_master, max_doc_tokens=MAX_DOC_TOKENS)
+    # maxsim: the shipped form; mlp: what `predictor=None` gives.
+    predictor = maxsim_predictor(teacher_model) if form == "maxsim" else None
+    retriever = Rabtriever.from_pretrained(
+        tiny_model_master, predictor=predictor, max_doc_tokens=MAX_DOC_TOKENS
+    )
+    assert retriever.predictor.form == form
+    if form == "maxsim":
+        retriever.fit_idf(list(toy.corpus.values()))
     retriever.index_corpus(toy.corpus)
     query = toy.queries["q0"]
     scores = [s for _, s in retriever.search(query, k=len(toy.corpus))]
@@ -113,7 +122,7 @@ def test_rerank_and_search_agree_with_score(make_rabtriever, toy):
     _perturb(retriever)
     retriever.index_corpus(toy.corpus, batch_size=4)
     query = toy.queries["q1"]
-    q = retriever.encode_queries([query])[0]
+    q = retriever.encode_query(query)
     direct = retriever.score(q, None, batch_size=5)  # every indexed document, several chunks
     assert len(set(direct.tolist())) == len(toy.corpus)  # documents matter now
     best = sorted(zip(retriever.doc_ids, direct.tolist(), strict=True), key=lambda p: -p[1])
@@ -144,6 +153,9 @@ def test_save_load_round_trip(make_rabtriever, toy, tiny_model_master, tmp_path)
         "doc_embeddings.npy",
         "doc_ids.json",
         "doc_index.json",
+        "doc_token_ids.npy",
+        "doc_token_states_L2.npy",  # layer 0 is looked up from the ids, not stored
+        "doc_tokens.json",
         "predictor.safetensors",
         "rabtriever.json",
     ]
@@ -152,6 +164,7 @@ def test_save_load_round_trip(make_rabtriever, toy, tiny_model_master, tmp_path)
 
     loaded = Rabtriever.load(tmp_path / "rab", model_path=tiny_model_master)
     assert loaded.pooling == "last" and loaded.max_doc_tokens == MAX_DOC_TOKENS
+    assert loaded.predictor.config == retriever.predictor.config
     assert loaded.doc_ids == retriever.doc_ids
     got = loaded.search(query, k=5)
     assert [d for d, _ in got] == [d for d, _ in expected]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.rabtriever.model import Predictor
 from components.rabtriever.pair_documents import (
     CollectedDocuments,
     PairDocumentStates,
@@ -13,6 +12,7 @@ from components.rabtriever.pair_documents import (
     model_fingerprint,
     text_key,
 )
+from components.rabtriever.predictor import Predictor
 from components.teacher.reranker import LLMReranker
 
 from .conftest import MAX_DOC_TOKENS

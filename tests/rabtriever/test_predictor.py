@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.rabtriever.model import Predictor
+from components.rabtriever.predictor import Predictor
 
 H = 16
 
@@ -37,7 +37,7 @@ def test_starts_as_the_query_state(form):
 def test_update_is_scaled_by_the_query_rms():
     # The final RMSNorm is scale-invariant; so is the predictor's effect on the readout direction.
     torch.manual_seed(0)
-    predictor = Predictor(H, width=8)
+    predictor = Predictor(H, width=8, form="mlp")
     torch.nn.init.normal_(predictor.out.weight)
     q, d = torch.randn(2, H), torch.randn(2, H)
     torch.testing.assert_close(predictor(10 * q, d), 10 * predictor(q, d), rtol=1e-4, atol=1e-4)

@@ -6,21 +6,30 @@ from __future__ import annotations
 import pytest
 import torch
 
+from components.config import RabtrieverParams
 from components.llm.base_model import load_causal_lm
 from components.rabtriever.jepa_loss import jepa_loss
-from components.rabtriever.model import Predictor, Rabtriever
+from components.rabtriever.model import Rabtriever
+from components.rabtriever.predictor import Predictor
 from components.rabtriever.reverse_kl import reverse_kl
 from components.rabtriever.training import (
-    JepaTrainParams,
     pairwise_agreement,
     select_on_policy,
     student_scores,
     train_predictor,
 )
+from tests.helpers import section
 
 from .conftest import MAX_DOC_TOKENS
 
-PARAMS = JepaTrainParams(epochs=10, top_m=6, lr=3e-3, batch_size=8, weight_decay=0.0, seed=0)
+
+def _params(**overrides) -> RabtrieverParams:
+    """params.yaml's rabtriever section with the KL form of the JEPA loss, which `_loss`
+    computes."""
+    return section("rabtriever", jepa_form="kl", **overrides)
+
+
+PARAMS = _params(epochs=10, top_m=6, lr=3e-3, batch_size=8, weight_decay=0.0)
 
 
 def _student(model, tokenizer, template, seed=0) -> Rabtriever:
@@ -30,7 +39,7 @@ def _student(model, tokenizer, template, seed=0) -> Rabtriever:
     )
 
 
-def _loss(student: Rabtriever, data, params: JepaTrainParams, rows=None) -> float:
+def _loss(student: Rabtriever, data, params: RabtrieverParams, rows=None) -> float:
     """The training loss on the given pair rows (default: all), computed directly."""
     pairs = data.pairs
     rows = torch.arange(len(pairs.query_index)) if rows is None else rows
@@ -63,7 +72,8 @@ def test_training_learns_the_teachers_ranking_and_leaves_the_llm_untouched(
     untrained = _student(load_causal_lm(tiny_model_master), tiny_tokenizer, template)
     logged = []
     result = train_predictor(
-        student.predictor, student.scorer, data, PARAMS, log_fn=lambda s, p: logged.append((s, p))
+        student.predictor, student.scorer, data, PARAMS, log_fn=lambda s, p: logged.append((s, p)),
+        seed=0,
     )
 
     # The untrained student scores every document alike (agreement = chance); after training it
@@ -103,8 +113,9 @@ def test_sampled_pairs_are_the_students_own_top_m(
         student.predictor.out.weight.normal_()
     data = teacher_cache.data
     scores = student_scores(student.predictor, student.scorer, data)
-    params = JepaTrainParams(epochs=1, top_m=3, lr=1e-3, batch_size=8)
-    sampled = train_predictor(student.predictor, student.scorer, data, params).epochs[0].sampled
+    params = _params(epochs=1, top_m=3, lr=1e-3, batch_size=8)
+    sampled = train_predictor(student.predictor, student.scorer, data, params, seed=0)
+    sampled = sampled.epochs[0].sampled
     for q, qid in enumerate(data.query_ids):
         rows = (data.pairs.query_index == q).nonzero().squeeze(1)
         top = rows[scores[rows].topk(3).indices]
@@ -115,9 +126,9 @@ def test_full_vocab_teacher_logits_train_too(
     teacher_model, tiny_tokenizer, template, full_vocab_data
 ):
     student = _student(teacher_model, tiny_tokenizer, template)
-    params = JepaTrainParams(epochs=2, top_m=3, lr=3e-3, batch_size=8, rkl_top_k=16)
+    params = _params(epochs=2, top_m=3, lr=3e-3, batch_size=8, rkl_top_k=16)
     before = _loss(student, full_vocab_data, params)
-    result = train_predictor(student.predictor, student.scorer, full_vocab_data, params)
+    result = train_predictor(student.predictor, student.scorer, full_vocab_data, params, seed=0)
     assert result.steps == 2 * -(-len(full_vocab_data.query_ids) * 3 // 8)
     assert _loss(student, full_vocab_data, params) < before
 
@@ -125,18 +136,21 @@ def test_full_vocab_teacher_logits_train_too(
 def test_resumed_training_equals_uninterrupted(
     teacher_model, tiny_tokenizer, template, teacher_cache, tmp_path
 ):
-    params = JepaTrainParams(epochs=3, top_m=4, lr=3e-3, batch_size=8)
+    settings = dict(top_m=4, lr=3e-3, batch_size=8)
+    params = _params(epochs=3, **settings)
     whole = _student(teacher_model, tiny_tokenizer, template)
-    expected = train_predictor(whole.predictor, whole.scorer, teacher_cache.data, params)
+    expected = train_predictor(whole.predictor, whole.scorer, teacher_cache.data, params, seed=0)
 
     broken = _student(teacher_model, tiny_tokenizer, template)
-    first = JepaTrainParams(**{**params.__dict__, "epochs": 2})
+    first = _params(epochs=2, **settings)
     train_predictor(
-        broken.predictor, broken.scorer, teacher_cache.data, first, checkpoint_dir=tmp_path
+        broken.predictor, broken.scorer, teacher_cache.data, first, checkpoint_dir=tmp_path,
+        seed=0,
     )
     resumed = _student(teacher_model, tiny_tokenizer, template, seed=123)  # fresh weights
     result = train_predictor(
-        resumed.predictor, resumed.scorer, teacher_cache.data, params, checkpoint_dir=tmp_path
+        resumed.predictor, resumed.scorer, teacher_cache.data, params, checkpoint_dir=tmp_path,
+        seed=0,
     )
     assert result.steps == expected.steps
     assert [e.sampled for e in result.epochs] == [e.sampled for e in expected.epochs]
@@ -144,10 +158,11 @@ def test_resumed_training_equals_uninterrupted(
     for name, tensor in resumed.predictor.state_dict().items():
         torch.testing.assert_close(tensor, whole.predictor.state_dict()[name])
 
-    changed = JepaTrainParams(**{**params.__dict__, "lr": 1e-2})
+    changed = _params(epochs=3, **{**settings, "lr": 1e-2})
     with pytest.raises(ValueError, match="lr"):
         train_predictor(
-            resumed.predictor, resumed.scorer, teacher_cache.data, changed, checkpoint_dir=tmp_path
+            resumed.predictor, resumed.scorer, teacher_cache.data, changed,
+            checkpoint_dir=tmp_path, seed=0,
         )
 
 
@@ -155,7 +170,7 @@ def test_an_unfrozen_llm_is_refused(tiny_model_master, tiny_tokenizer, template,
     student = _student(load_causal_lm(tiny_model_master), tiny_tokenizer, template)
     student.model.requires_grad_(True)
     with pytest.raises(ValueError, match="frozen"):
-        train_predictor(student.predictor, student.scorer, teacher_cache.data, PARAMS)
+        train_predictor(student.predictor, student.scorer, teacher_cache.data, PARAMS, seed=0)
 
 
 def test_on_policy_selection_and_agreement_helpers():

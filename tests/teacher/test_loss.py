@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from components.teacher.loss import ListwiseCELoss, listwise_ce
 
 

@@ -1,20 +1,22 @@
 """DeepSpeed teacher training on the tiny model: it learns, and a resumed run equals an
-uninterrupted one. (The 1- vs 2-process comparison is scripts/ds_two_process_check.py.)"""
+uninterrupted one. (The 1- vs 2-process comparison is test_two_process.py.)"""
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from components.config import ParamsError
 from components.llm.prompts import PromptTemplate
 from components.teacher.data import build_groups, toy_retrieval_data
 from components.teacher.reranker import LLMReranker
-from components.teacher.training import TrainParams, build_deepspeed_config, train_teacher
+from components.teacher.training import build_deepspeed_config, train_teacher
 from components.training.loop import warmup_linear_decay
+from tests.helpers import section
+
+TOY_DOC_TOKENS = 192  # the toy documents whole
 
 
 def _groups(n_topics=8, offset=0):
@@ -36,13 +38,15 @@ def _margins(model_dir, template):
 def test_relevant_document_outranks_distractor_after_a_few_steps(tiny_model_dir, tmp_path):
     template = PromptTemplate.load("default")
     before = _margins(tiny_model_dir, template)
-    params = TrainParams(
+    params = section(
+        "teacher",
         train_mode="full",
         lr=1e-2,
         warmup_ratio=0.0,
         max_steps=8,
         micro_batch_groups=4,
         global_batch_groups=8,
+        max_doc_tokens=TOY_DOC_TOKENS,
         bf16=False,
     )
     seen = []
@@ -54,6 +58,7 @@ def test_relevant_document_outranks_distractor_after_a_few_steps(tiny_model_dir,
         tmp_path / "ckpt",
         tmp_path / "out",
         on_step=seen.append,
+        seed=0,
     )
     assert result.completed and result.steps == 8 and [m.step for m in seen] == list(range(1, 9))
     assert seen[-1].loss < 0.5 * seen[0].loss
@@ -67,7 +72,7 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, tmp_path):
     with the same arguments, and compare with a run that never stopped. LoRA dropout makes
     the RNG state part of the check."""
     template = PromptTemplate.load("default")
-    params = TrainParams(
+    settings = dict(
         train_mode="lora",
         lora_r=4,
         lora_alpha=8,
@@ -77,13 +82,15 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, tmp_path):
         warmup_ratio=0.4,
         micro_batch_groups=2,
         global_batch_groups=4,
+        max_doc_tokens=TOY_DOC_TOKENS,
         checkpoint_every=2,
         keep_checkpoints=1,
         bf16=False,
     )
+    params = section("teacher", **settings)
     groups = _groups()
     full = train_teacher(
-        tiny_model_dir, groups, template, params, tmp_path / "a_ckpt", tmp_path / "a"
+        tiny_model_dir, groups, template, params, tmp_path / "a_ckpt", tmp_path / "a", seed=0
     )
     first = train_teacher(
         tiny_model_dir,
@@ -93,11 +100,12 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, tmp_path):
         tmp_path / "b_ckpt",
         tmp_path / "b",
         stop_after_steps=3,
+        seed=0,
     )
     assert (first.steps, first.completed, first.output_dir) == (3, False, None)
     assert [p.name for p in sorted((tmp_path / "b_ckpt").glob("step*"))] == ["step00000003"]
     second = train_teacher(
-        tiny_model_dir, groups, template, params, tmp_path / "b_ckpt", tmp_path / "b"
+        tiny_model_dir, groups, template, params, tmp_path / "b_ckpt", tmp_path / "b", seed=0
     )
     assert second.completed and second.steps == full.steps == 5
     np.testing.assert_allclose(first.losses + second.losses, full.losses, rtol=1e-5, atol=1e-6)
@@ -109,23 +117,24 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, tmp_path):
     base = load_file(tiny_model_dir / "model.safetensors")
     assert any(not torch.equal(a[k], base[k]) for k in a)  # training changed the weights
     # A checkpoint from other params is refused rather than silently continued.
-    changed = dataclasses.replace(params, lr=1e-3, max_steps=6)
+    changed = section("teacher", **{**settings, "lr": 1e-3, "max_steps": 6})
     with pytest.raises(ValueError, match="lr"):
         train_teacher(
-            tiny_model_dir, groups, template, changed, tmp_path / "b_ckpt", tmp_path / "c"
+            tiny_model_dir, groups, template, changed, tmp_path / "b_ckpt", tmp_path / "c", seed=0
         )
 
 
 def test_deepspeed_config_from_json_with_overrides():
-    params = TrainParams(micro_batch_groups=2, global_batch_groups=8, zero_stage=3, lr=3e-4)
+    params = section("teacher", micro_batch_groups=2, global_batch_groups=8, zero_stage=3,
+                     lr=3e-4)
     config = build_deepspeed_config(params, world_size=2, cuda=False, grad_accum=2)
     assert config["train_batch_size"] == 8 and config["gradient_accumulation_steps"] == 2
     assert config["zero_optimization"]["stage"] == 3
     assert config["optimizer"]["params"]["lr"] == 3e-4 and config["bf16"]["enabled"] is False
     assert "scheduler" not in config and not any(k.startswith("_") for k in config)
     assert build_deepspeed_config(params, 1, cuda=True, grad_accum=4)["bf16"]["enabled"]
-    with pytest.raises(ValueError):
-        build_deepspeed_config(TrainParams(zero_stage=4), 1, cuda=False, grad_accum=1)
+    with pytest.raises(ParamsError, match="teacher.zero_stage"):  # the schema's bounds: 0-3
+        section("teacher", zero_stage=4)
 
 
 def test_schedule_warms_up_then_decays_linearly():

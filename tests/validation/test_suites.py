@@ -1,11 +1,10 @@
 """Great Expectations suites against a good fixture (one bad fixture per rule: the catalogue in
 `tests/reliability/test_bad_input_catalogue.py`)."""
 
-from components.config import ValidateParams
 from components.validation.report import validate_dataset
-from tests.helpers import write_beir
+from tests.helpers import section, write_beir
 
-PARAMS = ValidateParams(allowed_grades=[0, 1, 2], max_doc_chars=500)
+PARAMS = section("validate", allowed_grades=[0, 1, 2], max_doc_chars=500)
 
 
 def _validate(root, params=PARAMS):
@@ -20,7 +19,7 @@ def test_good_fixture_passes(tmp_path):
 
 
 def test_row_count_bounds(tmp_path):
-    params = ValidateParams(allowed_grades=[0, 1, 2], min_docs=10)
+    params = section("validate", allowed_grades=[0, 1, 2], min_docs=10)
     report = _validate(write_beir(tmp_path / "ds"), params)
     assert [f.rule for f in report.failures] == ["corpus.row_count"]
     assert "observed 5" in report.failures[0].sample_values[0]
