@@ -12,11 +12,11 @@ With no champion yet, the challenger wins by default. Every decision is an MLflo
 both sides' metrics and the p-values, and the per-query metrics as an artifact.
 
 The models are loaded through `mlflow.pyfunc.load_model("models:/<name>/<version>")` and asked
-through their pyfunc interface, one of:
-
-- `pairs` (teacher-reranker): (query, document) rows -> `score`; reranks BM25 candidates,
-- `candidates` (rabtriever): query + candidate ids -> `doc_ids`, `scores`,
-- `queries` (dgr): query (+ qid) -> long frame of qid, docid, score.
+in the one format every system serves (`components.serving`): each split query's qid, text,
+candidate ids and the candidates' texts in, a long frame of qid, rank, docid, score out. A
+reranker reorders the same candidates (a text-reading one, the teacher, reads their texts); a
+retriever judged by search (`by_search`: DGR, whose product is its own ranking of the whole
+corpus) gets the queries alone and answers to the split's depth.
 
 A version's per-query metrics on a split are cached: the decision run that first evaluated it
 holds them (`eval/v<version>.json`) and the model version gets the tag
@@ -31,7 +31,6 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import mlflow
 import pandas as pd
@@ -43,12 +42,6 @@ from components.registry import version_of
 from components.runs import Run
 from components.tracking import ensure_experiment
 
-Interface = Literal["pairs", "candidates", "queries"]
-INTERFACES: dict[str, Interface] = {
-    "teacher-reranker": "pairs",
-    "rabtriever": "candidates",
-    "dgr": "queries",
-}
 EXPERIMENT = "promotion"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -105,43 +98,39 @@ class Decision:
         return "\n".join(lines)
 
 
-def rank_split(model, interface: Interface, split: PromotionSplit) -> Run:
-    """Ask a loaded pyfunc model for a ranking of every query of the split."""
+def request(split: PromotionSplit, by_search: bool = False) -> pd.DataFrame:
+    """The split as one pyfunc input: per query (sorted by id) its text, candidates and their
+    texts; the queries alone when the model is judged by its own search."""
     qids = sorted(split.queries)
-    if interface == "pairs":
-        rows = [(q, d) for q in qids for d in split.candidates[q]]
-        frame = pd.DataFrame({"query": [split.queries[q] for q, _ in rows],
-                              "document": [split.documents[d] for _, d in rows]})
-        scores = model.predict(frame)["score"].tolist()
-        run: Run = {q: [] for q in qids}
-        for (q, d), score in zip(rows, scores, strict=True):
-            run[q].append((d, float(score)))
-        return run
-    if interface == "candidates":
-        frame = pd.DataFrame({"query": [split.queries[q] for q in qids],
-                              "candidates": [split.candidates[q] for q in qids]})
-        out = model.predict(frame)
-        return {q: [(str(d), float(s)) for d, s in zip(ids, scores, strict=True)]
-                for q, ids, scores in zip(qids, out["doc_ids"], out["scores"], strict=True)}
-    if interface == "queries":
-        out = model.predict(pd.DataFrame({"query": [split.queries[q] for q in qids],
-                                          "qid": qids}))
-        run = {q: [] for q in qids}
-        for row in out.itertuples(index=False):
-            run[str(row.qid)].append((str(row.docid), float(row.score)))
-        return run
-    raise ValueError(f"unknown model interface {interface!r}; one of {sorted(INTERFACES.values())}")
+    if by_search:
+        return pd.DataFrame({"qid": qids, "query": [split.queries[q] for q in qids]})
+    return pd.DataFrame({
+        "qid": qids,
+        "query": [split.queries[q] for q in qids],
+        "candidates": [list(split.candidates[q]) for q in qids],
+        "documents": [[split.documents[d] for d in split.candidates[q]] for q in qids],
+    })  # fmt: skip
 
 
-def _cache_tag(split: PromotionSplit) -> str:
-    return f"promotion_eval.{split.split_id}"
+def rank_split(model, split: PromotionSplit, by_search: bool = False) -> Run:
+    """Ask a loaded pyfunc model for a ranking of every query of the split."""
+    run: Run = {q: [] for q in split.queries}
+    depth = max((len(c) for c in split.candidates.values()), default=10)
+    answer = model.predict(request(split, by_search), params={"k": depth} if by_search else None)
+    for row in answer.itertuples(index=False):
+        run[str(row.qid)].append((str(row.docid), float(row.score)))
+    return run
 
 
-def evaluate_version(name: str, version: str, interface: Interface, split: PromotionSplit,
-                     metrics: list[str]) -> tuple[dict[str, dict[str, float]], bool]:
+def _cache_tag(split: PromotionSplit, by_search: bool = False) -> str:
+    return f"promotion_eval.{split.split_id}" + (".search" if by_search else "")
+
+
+def evaluate_version(name: str, version: str, split: PromotionSplit, metrics: list[str],
+                     by_search: bool = False) -> tuple[dict[str, dict[str, float]], bool]:
     """metric -> {qid: value} for one model version; True when it came from the cache."""
     client = MlflowClient()
-    cached_run = client.get_model_version(name, version).tags.get(_cache_tag(split))
+    cached_run = client.get_model_version(name, version).tags.get(_cache_tag(split, by_search))
     if cached_run:
         with tempfile.TemporaryDirectory() as tmp:
             path = client.download_artifacts(cached_run, f"eval/v{version}.json", tmp)
@@ -149,7 +138,7 @@ def evaluate_version(name: str, version: str, interface: Interface, split: Promo
         if set(metrics) <= set(per_query):
             return {m: per_query[m] for m in metrics}, True
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    run = rank_split(model, interface, split)
+    run = rank_split(model, split, by_search)
     qids = sorted(split.queries)
     return per_query_metrics(run, split.qrels, metrics, qids), False
 
@@ -177,13 +166,10 @@ def decide(challenger: dict[str, dict[str, float]], champion: dict[str, dict[str
 
 
 def promote(name: str, split: PromotionSplit, primary: str, metrics: list[str],
-            alpha: float = 0.05, test: str = "t-test", version: str | int | None = None,
-            interface: Interface | None = None) -> Decision:
-    """Judge `version` (default: the `challenger` alias) against `champion`; log the decision."""
-    interface = interface or INTERFACES.get(name)
-    if interface is None:
-        raise ValueError(f"no pyfunc interface known for model {name!r}: pass one of "
-                         f"{sorted(set(INTERFACES.values()))}")
+            alpha: float = 0.05, test: str = "t-test",
+            version: str | int | None = None, by_search: bool = False) -> Decision:
+    """Judge `version` (default: the `challenger` alias) against `champion`; log the decision.
+    `by_search`: the model ranks the split's queries by its own search, not their candidates."""
     metrics = list(dict.fromkeys([primary, *metrics]))
     challenger_version = str(version) if version is not None else version_of(name, CHALLENGER)
     if challenger_version is None:
@@ -197,8 +183,10 @@ def promote(name: str, split: PromotionSplit, primary: str, metrics: list[str],
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(EXPERIMENT).experiment_id,
                           run_name=f"promote-{name}-v{challenger_version}", tags=tags,
                           nested=mlflow.active_run() is not None) as run:
-        challenger, cached = evaluate_version(name, challenger_version, interface, split, metrics)
-        _store_evaluation(name, challenger_version, split, challenger, cached, run.info.run_id)
+        challenger, cached = evaluate_version(name, challenger_version, split, metrics,
+                                              by_search)
+        _store_evaluation(name, challenger_version, split, challenger, cached, run.info.run_id,
+                          by_search)
         decision = Decision(name, challenger_version, champion_version, False, "",
                             mean_metrics(challenger))
         if champion_version is None:
@@ -206,15 +194,17 @@ def promote(name: str, split: PromotionSplit, primary: str, metrics: list[str],
         elif champion_version == challenger_version:
             decision.reason = "this version already is the champion"
         else:
-            champion, cached = evaluate_version(name, champion_version, interface, split, metrics)
-            _store_evaluation(name, champion_version, split, champion, cached, run.info.run_id)
+            champion, cached = evaluate_version(name, champion_version, split, metrics,
+                                                by_search)
+            _store_evaluation(name, champion_version, split, champion, cached,
+                              run.info.run_id, by_search)
             decision.champion_metrics = mean_metrics(champion)
             decision.promoted, decision.reason, decision.p_values = decide(
                 challenger, champion, primary, metrics, alpha, test)
         decision.run_id = run.info.run_id
         mlflow.set_tags({"verdict": decision.verdict, "reason": decision.reason})
         mlflow.log_params({"primary": primary, "alpha": alpha, "test": test,
-                           "queries": len(split.queries), "interface": interface})
+                           "queries": len(split.queries), "by_search": by_search})
         mlflow.log_metrics({f"challenger_{m}": v for m, v in decision.challenger_metrics.items()}
                            | {f"champion_{m}": v for m, v in decision.champion_metrics.items()}
                            | {f"p_{m}": v for m, v in decision.p_values.items()})
@@ -225,9 +215,9 @@ def promote(name: str, split: PromotionSplit, primary: str, metrics: list[str],
 
 def _store_evaluation(name: str, version: str, split: PromotionSplit,
                       per_query: Mapping[str, Mapping[str, float]], cached: bool,
-                      run_id: str) -> None:
+                      run_id: str, by_search: bool = False) -> None:
     """Keep a fresh evaluation in this decision run and point the version's cache tag at it."""
     if cached:
         return
     mlflow.log_dict(dict(per_query), f"eval/v{version}.json")
-    MlflowClient().set_model_version_tag(name, version, _cache_tag(split), run_id)
+    MlflowClient().set_model_version_tag(name, version, _cache_tag(split, by_search), run_id)

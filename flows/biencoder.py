@@ -94,8 +94,7 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
 
         doc_ids = sorted(corpus)  # the whole corpus: FAISS searches it exactly
         started = time.perf_counter()
-        encoder.index_corpus({d: passage_text(corpus[d]) for d in doc_ids},
-                             cfg.encode_batch_size)
+        encoder.index({d: passage_text(corpus[d]) for d in doc_ids}, cfg.encode_batch_size)
         metrics["encode_seconds"] = time.perf_counter() - started
         out = encoder.save(layout.root / "biencoder")
         shutil.rmtree(layout.checkpoints("biencoder"), ignore_errors=True)  # done: no resume
@@ -106,11 +105,11 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
                 continue
             bm25_run, _ = read_trec_run(layout.run_dir("bm25") / f"{split}.trec")
             ranked, timings[("rerank", split)] = time_each(qids, lambda q, r=bm25_run: (
-                encoder.rerank(queries[q], [d for d, _ in r.get(q, [])[:depth]])))
+                encoder.rerank({q: queries[q]}, {q: [d for d, _ in r.get(q, [])[:depth]]})[q]))
             write_trec_run(layout.run_dir("biencoder_rerank") / f"{split}.trec",
                            dict(zip(qids, ranked, strict=True)), "BiEncoder-rerank", topics=qids)
             ranked, timings[("full", split)] = time_each(
-                qids, lambda q: encoder.search(queries[q], cfg.full_k))
+                qids, lambda q: encoder.search({q: queries[q]}, cfg.full_k)[q])
             write_trec_run(layout.run_dir("biencoder_full") / f"{split}.trec",
                            dict(zip(qids, ranked, strict=True)), "BiEncoder-full", topics=qids)
         rerank_s = timings[("rerank", splits.test_split)]

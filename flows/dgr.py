@@ -33,7 +33,6 @@ from components.data.beir import load_beir
 from components.data.judgements import read_judgements
 from components.data.splits import HELDOUT, QuerySplits
 from components.dgr.identifiers import IdentifierParams, build_identifier_index
-from components.dgr.pyfunc import log_dgr_model
 from components.dgr.retriever import GenerativeRetriever, RetrieverConfig
 from components.dgr.training import stage1_examples, train_stage1, train_stage2
 from components.dgr.trie import build_trie
@@ -41,6 +40,7 @@ from components.evaluation.costs import folder_bytes, time_each, write_cost
 from components.layout import Layout, run_key
 from components.llm.base_model import load_tokenizer
 from components.runs import read_trec_run, write_trec_run
+from components.serving import log_ranker
 from flows._stage import StageFailed, run_cli, stage_flow
 
 REGISTERED_NAME = "dgr"
@@ -176,9 +176,10 @@ def dgr(params_path: str = "params.yaml") -> dict:
                       f"{metrics[f'{system}_ms_per_query']:.0f} ms/query ({len(timed)})")
         write_text_atomic(out / "summary.json", json.dumps(metrics, indent=2))
         mlflow.log_metrics(metrics)
-        info = log_dgr_model(out / "dgr_model", out / "trie.json", out / "identifiers.json",
-                             config, default_k=cfg.num_beams, name=REGISTERED_NAME,
-                             registered_model_name=REGISTERED_NAME)
+        info = log_ranker("dgr", {"model": out / "dgr_model", "trie": out / "trie.json",
+                                  "identifiers": out / "identifiers.json"},
+                          config.to_dict(), k=cfg.num_beams, name=REGISTERED_NAME,
+                          registered_model_name=REGISTERED_NAME)
         registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
         shutil.rmtree(checkpoints, ignore_errors=True)  # done: no resume needed
     return metrics

@@ -61,6 +61,11 @@ def promotion_split(params) -> PromotionSplit:
 READS_TEXT = {"teacher-reranker"}
 
 
+# Retrievers whose product is their own ranking of the corpus: judged by search, as `evaluate`
+# reports them, not by reordering the split's BM25 candidates.
+JUDGED_BY_SEARCH = {"dgr"}
+
+
 # Registered model -> the folder under outputs/<dataset>/ where its stage writes summary.json.
 STAGE_OUTPUTS = {"teacher-reranker": "teacher", "rabtriever": "rabtriever", "dgr": "dgr"}
 
@@ -100,11 +105,13 @@ def promote_flow(params_path: str = "params.yaml", models: list[str] | None = No
                 continue
             try:
                 decision = promote(name, split, cfg.primary, cfg.metrics, cfg.alpha, cfg.test,
-                                   version=version)
+                                   version=version, by_search=name in JUDGED_BY_SEARCH)
             except LookupError as exc:
                 raise StageFailed(str(exc)) from None
+            how = (f"its own top {params.promote.depth}" if name in JUDGED_BY_SEARCH
+                   else f"BM25 top-{params.promote.depth}")
             print(f"{decision.summary()}\n  (judged on {split.name}: {len(split.queries)} "
-                  f"queries, BM25 top-{params.promote.depth})")
+                  f"queries, {how})")
             decisions.append({**decision.__dict__, "verdict": decision.verdict,
                               **split.describe()})
         out = layout.root / "promotion" / "decisions.json"

@@ -38,13 +38,13 @@ from components.rabtriever.late_interaction import TokenStates
 from components.rabtriever.model import Rabtriever
 from components.rabtriever.pair_documents import CollectedDocuments, model_fingerprint
 from components.rabtriever.predictor import Predictor
-from components.rabtriever.pyfunc import log_rabtriever_model
 from components.rabtriever.training import (
     JepaTrainingData,
     TeacherPairs,
     train_predictor,
 )
 from components.runs import read_trec_run, write_trec_run
+from components.serving import log_ranker
 from components.teacher.data import document_text
 from flows._stage import StageFailed, run_cli, stage_flow
 
@@ -145,7 +145,7 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     cfg, layout = params.rabtriever, Layout(params.data.name)
     dataset_dir = params.data.dataset_dir()
-    section = {"jepa": cfg.model_dump(), "data": params.data.model_dump()}
+    section = {"rabtriever": cfg.model_dump(), "data": params.data.model_dump()}
     with tracking.stage_run("rabtriever", params.tracking.experiment, section, dataset_dir):
         dataset = load_beir(dataset_dir, qrels=False)
         queries = dataset.queries_dict()
@@ -263,14 +263,14 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
 
             def rerank_one(qid, bm25_run=bm25_run):
                 candidates = [d for d, _ in bm25_run.get(qid, [])[:depth] if d in indexed]
-                return retriever.rerank(queries[qid], candidates)
+                return retriever.rerank({qid: queries[qid]}, {qid: candidates})[qid]
 
             ranked, timings[f"rerank/{split}"] = time_each(qids, rerank_one)
             write_trec_run(layout.run_dir("rabtriever_rerank") / f"{split}.trec",
                            dict(zip(qids, ranked, strict=True)), "Rabtriever-rerank", topics=qids)
             if cfg.corpus == "full":
                 ranked, timings[f"full/{split}"] = time_each(
-                    qids, lambda q: retriever.search(queries[q], cfg.full_k))
+                    qids, lambda q: retriever.search({q: queries[q]}, cfg.full_k)[q])
                 write_trec_run(layout.run_dir("rabtriever_full") / f"{split}.trec",
                                dict(zip(qids, ranked, strict=True)), "Rabtriever-full",
                                topics=qids)
@@ -312,14 +312,11 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
         summary_text = json.dumps(summary, indent=2)
         write_text_atomic(layout.root / "rabtriever" / "summary.json", summary_text)
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
-        info = log_rabtriever_model(
-            REGISTERED_NAME,
-            layout.teacher_model,
-            layout.root / "rabtriever",
-            index_dir=layout.root / "rabtriever",
-            bf16=params.teacher.bf16,
-            registered_model_name=REGISTERED_NAME,
-        )
+        # The `rabtriever` folder holds the index too (`save`): no separate `doc_index`.
+        info = log_ranker("rabtriever", {"base_model": layout.teacher_model,
+                                         "rabtriever": layout.root / "rabtriever"},
+                          {"bf16": params.teacher.bf16}, name=REGISTERED_NAME,
+                          registered_model_name=REGISTERED_NAME)
         registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
         shutil.rmtree(checkpoints, ignore_errors=True)  # done: no resume needed
         print(summary_text)

@@ -20,7 +20,7 @@ from components import registry, tracking
 from components.config import load_params
 from components.layout import Layout
 from components.llm.prompts import TEMPLATES_PATH
-from components.teacher.pyfunc import log_teacher_model
+from components.serving import log_ranker
 from components.teacher.training import StepMetrics, TrainResult, train_teacher
 from flows._stage import StageFailed, run_cli, stage_flow
 from flows.teacher_worker import (
@@ -101,10 +101,10 @@ def teacher_stage(params_path: str = "params.yaml") -> str:
             raise StageFailed(f"training stopped at step {result.steps}/{result.total_steps}")
         mlflow.log_metrics({"final_loss": result.losses[-1] if result.losses else float("nan"),
                             "steps": result.steps})
-        with tempfile.TemporaryDirectory() as workdir:
-            info = log_teacher_model(layout.teacher_model, TEMPLATES_PATH, cfg.task,
-                                     cfg.max_doc_tokens, cfg.bf16, Path(workdir),
-                                     registered_name=REGISTERED_NAME)
+        info = log_ranker("teacher", {"model": layout.teacher_model, "template": TEMPLATES_PATH},
+                          {"task": cfg.task, "max_doc_tokens": cfg.max_doc_tokens,
+                           "bf16": cfg.bf16},
+                          name=REGISTERED_NAME, registered_model_name=REGISTERED_NAME)
         registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
         # Kept until the stage is done: a run killed after training resumes at its last step.
         shutil.rmtree(layout.teacher_checkpoints, ignore_errors=True)

@@ -29,6 +29,7 @@ from components.atomic import atomic_path
 from components.llm.base_model import load_causal_lm, load_tokenizer
 from components.llm.padding import left_pad
 from components.llm.precision import bf16_available
+from components.ranker import ranked
 from components.runs import Run
 
 CONFIG_FILE = "biencoder.json"
@@ -43,7 +44,13 @@ def passage_text(doc: Mapping[str, str]) -> str:
 
 
 class BiEncoder:
-    """Query/document encoder with last-token pooling; `model` may be trained in place."""
+    """Query/document encoder with last-token pooling; `model` may be trained in place.
+
+    A `components.ranker.Ranker`: `index` embeds documents, `rerank` and `search` answer by id.
+    """
+
+    reads_text = False
+    ARTIFACTS = ("biencoder",)  # what `from_artifacts` reads (`components.serving`): `save` output
 
     def __init__(self, model: nn.Module, tokenizer, max_doc_tokens: int = 128,
                  max_query_tokens: int = 64, bf16: bool = False):
@@ -56,7 +63,8 @@ class BiEncoder:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token to pool on")
         self.doc_ids: list[str] = []
-        self.index: faiss.Index | None = None
+        self.faiss_index: faiss.Index | None = None
+        self._row: dict[str, int] = {}
         self._embeddings = np.zeros((0, model.config.hidden_size), dtype=np.float32)
 
     @classmethod
@@ -70,6 +78,11 @@ class BiEncoder:
             doc_ids = json.loads((path / DOC_IDS_FILE).read_text())
             encoder.set_index(doc_ids, np.load(path / EMBEDDINGS_FILE))
         return encoder
+
+    @classmethod
+    def from_artifacts(cls, artifacts: Mapping[str, str], config: Mapping) -> BiEncoder:
+        """The logged bi-encoder: `biencoder` (`save` output, index included); config: `bf16`."""
+        return cls.from_pretrained(artifacts["biencoder"], bf16=bool(config.get("bf16", False)))
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -112,34 +125,43 @@ class BiEncoder:
             raise ValueError(f"{len(doc_ids)} ids for {embeddings.shape[0]} embeddings")
         self.doc_ids = list(doc_ids)
         self._embeddings = embeddings
-        self.index = faiss.IndexFlatIP(embeddings.shape[1])
-        self.index.add(embeddings)
+        self.faiss_index = faiss.IndexFlatIP(embeddings.shape[1])
+        self.faiss_index.add(embeddings)
         self._row = {d: i for i, d in enumerate(self.doc_ids)}
 
-    def index_corpus(self, corpus: Mapping[str, str], batch_size: int = 16) -> None:
-        """Embed `corpus` (doc id -> text) and index it."""
+    def index(self, corpus: Mapping[str, str], batch_size: int = 16) -> None:
+        """Embed `corpus` (doc id -> text) and index it; replaces any previous index."""
         ids = list(corpus)
         self.set_index(ids, self.encode([corpus[d] for d in ids], "passage", batch_size))
 
-    def search(self, query: str, k: int = 100) -> list[tuple[str, float]]:
-        if self.index is None:
-            raise RuntimeError("no document index: call index_corpus or set_index")
-        scores, rows = self.index.search(self.encode([query], "query"), min(k, len(self.doc_ids)))
-        return [(self.doc_ids[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True)
-                if r >= 0]
+    def search(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """Top k indexed documents per query by cosine (exact FAISS search), best first."""
+        if self.faiss_index is None:
+            raise RuntimeError("no document index: call index or set_index")
+        qids = list(queries)
+        if not qids:
+            return {}
+        vectors = self.encode([queries[q] for q in qids], "query")
+        scores, rows = self.faiss_index.search(vectors, min(k, len(self.doc_ids)))
+        return {qid: [(self.doc_ids[r], float(s)) for s, r in zip(scores[i], rows[i], strict=True)
+                      if r >= 0] for i, qid in enumerate(qids)}  # fmt: skip
 
-    def rerank(self, query: str, candidate_ids: Sequence[str]) -> list[tuple[str, float]]:
-        """Indexed candidates -> [(docid, score)], best first."""
-        missing = [d for d in candidate_ids if d not in self._row]
+    def rerank(self, queries: Mapping[str, str],
+               candidates: Mapping[str, Sequence[str]]) -> Run:  # fmt: skip
+        """Each query's candidates (indexed doc ids) by cosine, best first (ties by doc id)."""
+        missing = [d for qid in queries for d in candidates[qid] if d not in self._row]
         if missing:
             raise KeyError(f"{len(missing)} candidates are not in the index, e.g. {missing[:3]}")
-        query_vec = self.encode([query], "query")[0]
-        scores = self._embeddings[[self._row[d] for d in candidate_ids]] @ query_vec
-        ranked = [(d, float(s)) for d, s in zip(candidate_ids, scores, strict=True)]
-        return sorted(ranked, key=lambda pair: (-pair[1], pair[0]))
-
-    def search_run(self, queries: Mapping[str, str], k: int = 100) -> Run:
-        return {qid: self.search(text, k) for qid, text in queries.items()}
+        qids = list(queries)
+        if not qids:
+            return {}
+        run: Run = {}
+        for qid, query_vec in zip(qids, self.encode([queries[q] for q in qids], "query"),
+                                  strict=True):  # fmt: skip
+            ids = list(candidates[qid])
+            scores = self._embeddings[[self._row[d] for d in ids]] @ query_vec
+            run[qid] = ranked((d, float(s)) for d, s in zip(ids, scores, strict=True))
+        return run
 
     # -- persistence ------------------------------------------------------------------------
 

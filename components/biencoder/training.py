@@ -3,8 +3,8 @@
 Data: the teacher's training groups (components.teacher.data.build_groups), one per
 (training query, relevant document), each with n BM25 hard negatives. A step takes
 `batch_size` groups: every query is contrasted with its positive, its hard negatives and all
-other documents of the step (in-batch negatives). The loop, its checkpoints and resume are
-components.training.loop's.
+other documents of the step (in-batch negatives). The loop (DeepSpeed), its checkpoints and
+resume are components.training.loop's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from components.biencoder.model import BiEncoder
 from components.config import BiEncoderParams
 from components.teacher.data import TrainingGroup
 from components.teacher.training import apply_train_mode
-from components.training.loop import LoopResult, StepMetrics, seed_everything, train_loop
+from components.training.loop import (
+    LoopResult,
+    LoopSettings,
+    StepMetrics,
+    seed_everything,
+    train,
+)
 
 
 class ContrastiveTask:
@@ -62,7 +68,9 @@ def train_biencoder(encoder: BiEncoder, groups: Sequence[TrainingGroup],
     seed_everything(seed)
     encoder.model = apply_train_mode(encoder.model, params)
     task = ContrastiveTask(encoder, groups, params.temperature)
-    result = train_loop(encoder.model, task, params, checkpoint_dir, on_step, stop_after,
-                        seed=seed, max_steps=params.steps)
+    identity = {**params.model_dump(exclude={"checkpoint_every", "keep_checkpoints"}),
+                "seed": seed}
+    result = train(encoder.model, task, LoopSettings.from_section(params, max_steps=params.steps),
+                   checkpoint_dir, on_step, stop_after, seed=seed, identity=identity)
     encoder.model.eval()
     return result

@@ -14,6 +14,11 @@ the view weight. Normalising each view's beam first keeps views with long identi
 from being drowned by views with short ones (semantic codes); a passage found by several views
 or several identifiers accumulates probability mass. Identifiers shared by n passages give each
 the full mass (not 1/n): the model cannot tell them apart, so neither should the ranking.
+
+`rerank` scores given candidates with the same formula, B_v(q) replaced by the identifiers
+training teaches for the candidates (`IdentifierIndex.targets(view, doc, query)[0]`), scored by
+teacher forcing (`passage_logprobs`) instead of found by beam search. `GenerativeRetriever` is a
+`components.ranker.Ranker`; its `index` only checks ids, as identifiers are built at training.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from components.runs import Run
 
 @dataclass
 class RetrieverConfig:
-    """Retrieval knobs; saved next to the model (pyfunc artifact) as JSON."""
+    """Retrieval knobs; logged with the pyfunc model as its config (`to_dict`)."""
 
     view_weights: dict[str, float] = field(
         default_factory=lambda: {TITLE: 1.0, SEMANTIC_ID: 1.0, SPAN: 1.0}
@@ -106,6 +111,9 @@ def top_k(scores: Mapping[str, float], k: int) -> list[tuple[str, float]]:
 class GenerativeRetriever:
     """query -> passages by constrained decoding of identifiers; the DGR student at inference."""
 
+    reads_text = False
+    ARTIFACTS = ("model", "trie", "identifiers")  # what `from_artifacts` reads
+
     def __init__(
         self,
         model: nn.Module,
@@ -118,7 +126,7 @@ class GenerativeRetriever:
         self.model = model
         self.tokenizer = tokenizer
         self.trie = trie
-        self.index = index
+        self.identifier_index = index
         self.config = config or RetrieverConfig()
         self.prompt = QueryPrompt(
             tokenizer, self.config.max_query_tokens, self.config.use_chat_template
@@ -145,6 +153,14 @@ class GenerativeRetriever:
             config,
         )
 
+    @classmethod
+    def from_artifacts(cls, artifacts: Mapping[str, str],
+                       config: Mapping[str, Any]) -> GenerativeRetriever:  # fmt: skip
+        """The logged retriever: `model` (the causal LM folder), `trie` and `identifiers` (their
+        JSON files); config: `RetrieverConfig.to_dict()`."""
+        return cls.from_pretrained(artifacts["model"], artifacts["trie"], artifacts["identifiers"],
+                                   RetrieverConfig.from_dict(config))  # fmt: skip
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -164,7 +180,7 @@ class GenerativeRetriever:
         `IdentifierIndex.targets(view, doc, query)[0]`)."""
         targets = []
         for doc_id in doc_ids:
-            identifiers = self.index.targets(view, doc_id, query, limit=1)
+            identifiers = self.identifier_index.targets(view, doc_id, query, limit=1)
             if not identifiers:
                 raise KeyError(f"passage {doc_id!r} has no identifier in view {view!r}")
             targets.append(encode_identifier(self.tokenizer, view, identifiers[0]))
@@ -259,12 +275,63 @@ class GenerativeRetriever:
             del hits[num_beams:]
         return results
 
-    def search(self, queries: Mapping[str, str], k: int = 10) -> Run:
-        """Top-k passages per query id, best first (beam size = k in every searched view)."""
+    def views(self) -> list[str]:
+        """The views searched and scored: weight > 0 and present in the trie."""
         weights = self.config.view_weights
         views = [v for v, w in weights.items() if w > 0 and v in self.trie.view_prefixes]
         if not views:
             raise ValueError(f"no view with weight > 0 is in the trie: {weights}")
+        return views
+
+    def index(self, corpus: Mapping[str, str]) -> None:
+        """Check that `corpus` holds exactly the passages of the identifier index.
+
+        DGR's documents are its identifiers, built with the model at training time: another
+        corpus needs new identifiers and training, so nothing is encoded here. The check keeps
+        a caller from believing DGR indexed passages it can never return.
+        """
+        known, given = self.identifier_index.doc_ids(), set(corpus)
+        if given != known:
+            unknown, absent = sorted(given - known), sorted(known - given)
+            raise ValueError(
+                f"DGR's identifiers cover {len(known)} passages; this corpus has {len(unknown)} "
+                f"unknown ({unknown[:3]}) and lacks {len(absent)} ({absent[:3]}): another corpus "
+                f"needs new identifiers and training (flows.dgr)"
+            )
+
+    @torch.inference_mode()
+    def rerank(self, queries: Mapping[str, str],
+               candidates: Mapping[str, Sequence[str]]) -> Run:  # fmt: skip
+        """Each query's candidates by the fused identifier probability (module doc), best first
+        (ties broken by doc id); a candidate with no identifier in any searched view scores
+        -inf, one unknown to the identifier index raises KeyError."""
+        views, known = self.views(), self.identifier_index.doc_ids()
+        run: Run = {}
+        for qid, query in queries.items():
+            ids = list(candidates[qid])
+            unknown = [d for d in ids if d not in known]
+            if unknown:
+                raise KeyError(f"{len(unknown)} candidates have no identifiers, e.g. "
+                               f"{unknown[:3]}: DGR was not trained on them")
+            hits: dict[str, list[tuple[str, float]]] = {}
+            for view in views:
+                owner: dict[str, str] = {}  # each identifier once, as in a beam
+                for doc_id in ids:
+                    targets = self.identifier_index.targets(view, doc_id, query, limit=1)
+                    if targets:
+                        owner.setdefault(targets[0], doc_id)
+                if owner:
+                    logprobs = self.passage_logprobs(query, list(owner.values()), view)
+                    hits[view] = list(zip(owner, logprobs.tolist(), strict=True))
+            scores = aggregate_views(hits, self.identifier_index, self.config.view_weights,
+                                     self.config.normalize)
+            run[qid] = top_k({d: scores.get(d, -math.inf) for d in ids}, len(ids))
+        return run
+
+    def search(self, queries: Mapping[str, str], k: int = 10) -> Run:
+        """Top-k passages per query id, best first (beam size = k in every searched view)."""
+        weights = self.config.view_weights
+        views = self.views()
         qids = list(queries)
         run: Run = {}
         for start in range(0, len(qids), self.config.batch_size):
@@ -273,6 +340,7 @@ class GenerativeRetriever:
             per_view = {view: self.generate_identifiers(texts, view, k) for view in views}
             for i, qid in enumerate(batch):
                 hits = {view: per_view[view][i] for view in views}
-                scores = aggregate_views(hits, self.index, weights, self.config.normalize)
+                scores = aggregate_views(hits, self.identifier_index, weights,
+                                         self.config.normalize)
                 run[qid] = top_k(scores, k)
         return run

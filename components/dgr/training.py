@@ -25,12 +25,11 @@ its query's prompt, which runs once per step (`shared_prompt_logprobs`); in `top
 the frozen layers' states of each (prompt, identifier) row are computed once and reused every
 epoch, so a step runs only the trainable layers (`components.dgr.frozen_trunk`).
 
-Both stages share one plain torch loop (AdamW, linear warmup/decay, gradient clipping). Data
-order is a function of (seed, epoch) alone and the step count fixes the position, so a resumed
+Both stages run on the shared DeepSpeed loop (`components.training.loop`: AdamW, linear
+warmup/decay, gradient clipping). Data order is a function of (seed, epoch) alone, so a resumed
 run sees exactly the batches an uninterrupted run would have. Checkpoints (every
-`checkpoint_every` steps and after the last one) hold the trainable weights (safetensors), the
-optimizer state and the RNG states (torch.save, read back with weights_only=True), and the step
-count.
+`checkpoint_every` steps and after the last one) are the loop's: an engine checkpoint of the
+trainable weights and optimizer plus the loop state (`components.training.checkpoint`).
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ from components.dgr.trie import encode_identifier
 from components.llm.base_model import load_causal_lm, load_tokenizer
 from components.runs import Run
 from components.teacher.training import TrainResult, apply_train_mode
-from components.training.loop import StepMetrics, seed_everything, train_loop
+from components.training.loop import LoopSettings, StepMetrics, seed_everything, train
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +342,7 @@ def train_stage1(
     tokenizer = load_tokenizer(base_model_dir)
     task = _Stage1(examples, tokenizer, params)
     return _train(base_model_dir, task, params, checkpoint_dir, output_dir, on_step,
-                  stop_after_steps, seed=seed, max_steps=max_steps)
+                  stop_after_steps, seed=seed, max_steps=max_steps, stage=1)
 
 
 def train_stage2(
@@ -370,19 +369,21 @@ def train_stage2(
 
     task = _Stage2(make_lists, tokenizer, index, params)
     return _train(base_model_dir, task, params, checkpoint_dir, output_dir, on_step,
-                  stop_after_steps, seed=seed, max_steps=max_steps)
+                  stop_after_steps, seed=seed, max_steps=max_steps, stage=2)
 
 
 def _train(
     base_model_dir, task, params: DGRParams, checkpoint_dir, output_dir, on_step, stop_after, *,
-    seed: int, max_steps: int,
+    seed: int, max_steps: int, stage: int,
 ) -> TrainResult:
     seed_everything(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = apply_train_mode(load_causal_lm(base_model_dir, device=device), params)
     bf16_layers(model, params.bf16)
-    result = train_loop(model, task, params, checkpoint_dir, on_step, stop_after, seed=seed,
-                        max_steps=max_steps)
+    identity = {**params.model_dump(exclude={"checkpoint_every", "keep_checkpoints"}),
+                "seed": seed, "stage": stage, "max_steps": max_steps}
+    result = train(model, task, LoopSettings.from_section(params, max_steps=max_steps),
+                   checkpoint_dir, on_step, stop_after, seed=seed, identity=identity)
     out = None
     if result.completed:
         out = Path(output_dir)

@@ -8,10 +8,11 @@
 The LLM is the trained teacher, frozen; only the predictor trains. Documents are encoded once,
 without any query, into a document index; per query the LLM runs once and the predictor (a few
 million parameters, or a few thousand weights for the default `maxsim` form) runs once per
-candidate. `Rabtriever` ties the parts together behind the teacher's interface (`rerank`,
-`search`): the predictor and readout (`predictor.py`), the LLM's encodings of queries and
-documents, and why those states (`encoding.py`), the maxsim form's late-interaction features
-(`late_interaction.py`) and the document index with its files (`index.py`).
+candidate. `Rabtriever` ties the parts together behind the interface of every system
+(`components.ranker.Ranker`: `index`, `rerank`, `search`): the predictor and readout
+(`predictor.py`), the LLM's encodings of queries and documents, and why those states
+(`encoding.py`), the maxsim form's late-interaction features (`late_interaction.py`) and the
+document index with its files (`index.py`).
 
 On disk (`Rabtriever.save`): `predictor.safetensors` (weights, and the maxsim form's IDF table
 and feature statistics as buffers), `rabtriever.json` (predictor config, pooling, document cuts,
@@ -52,6 +53,7 @@ from components.rabtriever.encoding import (
 from components.rabtriever.index import DocumentIndex
 from components.rabtriever.late_interaction import TokenStates, fit_idf
 from components.rabtriever.predictor import Predictor, RabtrieverScorer, freeze, predictor_state
+from components.ranker import ranked
 from components.runs import Run
 
 log = logging.getLogger(__name__)
@@ -64,12 +66,17 @@ CONFIG_FILE = "rabtriever.json"
 class Rabtriever:
     """Frozen teacher LLM + predictor + (optionally) a stored document index.
 
-    The same small interface as the teacher: `rerank` a candidate list, `search` the corpus.
-    Documents are referred to by id: their embeddings are computed once by `index_corpus`.
+    The interface of every system (`components.ranker.Ranker`): `rerank` candidate lists,
+    `search` the corpus. Documents are referred to by id: their embeddings are computed once by
+    `index`.
     The model passed in is frozen in place (requires_grad off, eval mode). `predictor=None`
     gives a fresh `Predictor(hidden_size)`, which scores exactly as the teacher does on the
     query alone until trained.
     """
+
+    reads_text = False
+    # What `from_artifacts` reads (`components.serving`); `doc_index` is optional.
+    ARTIFACTS = ("base_model", "rabtriever")
 
     def __init__(
         self,
@@ -114,7 +121,7 @@ class Rabtriever:
         self.bf16 = bf16 and bf16_available(self.device)
         if bf16 and not self.bf16:
             log.warning("bf16 asked for, but %s lacks native bf16; using fp32", self.device)
-        self.index = DocumentIndex.empty(hidden)
+        self.doc_index = DocumentIndex.empty(hidden)
         self._prefix_cache: PrefixCache | None = None  # built on the first maxsim query
         self._features = PairFeatures(self.model.get_input_embeddings())
 
@@ -227,29 +234,29 @@ class Rabtriever:
         return self._features.pairs(tokens, pooled, doc_embs, doc_tokens, query_index, doc_index,
                                     self.predictor.idf, self.token_layers)  # fmt: skip
 
-    def index_corpus(self, corpus: Mapping[str, str], batch_size: int = 16) -> None:
+    def index(self, corpus: Mapping[str, str], batch_size: int = 16) -> None:
         """Encode and store every document (doc id -> text); replaces any previous index."""
         ids = list(corpus)
         self.set_index(ids, *self.encode_corpus([corpus[i] for i in ids], batch_size))
 
     def set_index(self, doc_ids: Sequence[str], embeddings: torch.Tensor | np.ndarray,
                   tokens: TokenStates | None = None) -> None:  # fmt: skip
-        self.index = DocumentIndex.checked(
+        self.doc_index = DocumentIndex.checked(
             doc_ids, embeddings, tokens, self.predictor.hidden_size, self.token_layers,
             self.predictor.form,
         )  # fmt: skip
 
     @property
     def doc_ids(self) -> list[str]:
-        return self.index.doc_ids
+        return self.doc_index.doc_ids
 
     @property
     def doc_embeddings(self) -> torch.Tensor:
-        return self.index.embeddings
+        return self.doc_index.embeddings
 
     @property
     def doc_tokens(self) -> TokenStates | None:
-        return self.index.tokens
+        return self.doc_index.tokens
 
     # -- scoring ----------------------------------------------------------------------------
 
@@ -261,7 +268,7 @@ class Rabtriever:
         (a `QueryEncoding`, or its [H] state for a predictor that reads no token states)."""
         if not isinstance(query, QueryEncoding):
             query = QueryEncoding(query)
-        embs, tokens = self.index.select(rows)
+        embs, tokens = self.doc_index.select(rows)
         features = self.features(query.tokens, query.pooled, embs, tokens)
         state = query.state.reshape(1, -1).to(self.device, torch.float32)
         scores = torch.empty(len(embs))
@@ -273,44 +280,35 @@ class Rabtriever:
             scores[part] = self.scorer.score(pred).cpu()
         return scores
 
-    def rerank(
-        self, query_text: str, candidate_ids: Sequence[str], batch_size: int = 4096
-    ) -> list[tuple[str, float]]:
-        """Indexed candidates -> [(docid, score)], best first (ties broken by docid)."""
-        if not candidate_ids:
-            return []
-        rows = self.index.rows(candidate_ids)
-        scores = self.score(self.encode_query(query_text), rows, batch_size)
-        ranked = [(d, float(s)) for d, s in zip(candidate_ids, scores, strict=True)]
-        return sorted(ranked, key=lambda pair: (-pair[1], pair[0]))
+    def rerank(self, queries: Mapping[str, str], candidates: Mapping[str, Sequence[str]],
+               batch_size: int = 4096) -> Run:  # fmt: skip
+        """Each query's candidates (indexed doc ids) by score, best first (ties broken by doc
+        id); a candidate missing from the index raises KeyError. One query at a time: one LLM
+        pass over the query, then predictor passes over the candidates' stored encodings."""
+        run: Run = {}
+        for qid, text in queries.items():
+            ids = list(candidates[qid])
+            if not ids:
+                run[qid] = []
+                continue
+            scores = self.score(self.encode_query(text), self.doc_index.rows(ids), batch_size)
+            run[qid] = ranked((d, float(s)) for d, s in zip(ids, scores, strict=True))
+        return run
 
-    def search(
-        self, query_text: str, k: int = 100, batch_size: int = 4096
-    ) -> list[tuple[str, float]]:
+    def search(self, queries: Mapping[str, str], k: int = 100, batch_size: int = 4096) -> Run:
         """Exact full-corpus scan: the predictor scores every indexed document, top k kept.
 
         No ANN index: the score is not an inner product, so FAISS could not search it anyway;
         a scan is O(corpus) predictor calls, cheap next to one LLM forward for a mid-size corpus.
         """
         if not self.doc_ids:
-            raise RuntimeError("no document index: call index_corpus, set_index or load_index")
-        scores = self.score(self.encode_query(query_text), None, batch_size)
-        top = torch.topk(scores, min(k, len(scores))).indices.tolist()
-        ranked = [(self.doc_ids[i], float(scores[i])) for i in top]
-        return sorted(ranked, key=lambda pair: (-pair[1], pair[0]))
-
-    def search_run(self, queries: Mapping[str, str], k: int = 100) -> Run:
-        """qid -> top-k [(docid, score)] for every query (components.runs format)."""
-        return {qid: self.search(text, k) for qid, text in queries.items()}
-
-    def rerank_run(self, queries: Mapping[str, str], run: Run, depth: int = 100) -> Run:
-        """Rerank each query's top `depth` candidates of a first-stage run (candidates missing
-        from the index are dropped: index the whole corpus the run was made from)."""
-        return {
-            qid: self.rerank(queries[qid], [d for d, _ in ranked[:depth] if d in self.index.row])
-            for qid, ranked in run.items()
-            if qid in queries
-        }
+            raise RuntimeError("no document index: call index, set_index or load_index")
+        run: Run = {}
+        for qid, text in queries.items():
+            scores = self.score(self.encode_query(text), None, batch_size)
+            top = torch.topk(scores, min(k, len(scores))).indices.tolist()
+            run[qid] = ranked((self.doc_ids[i], float(scores[i])) for i in top)
+        return run
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -347,14 +345,14 @@ class Rabtriever:
             save_file(predictor_state(self.predictor), tmp / PREDICTOR_FILE)
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
             if with_index and self.doc_ids:
-                self.index.write(tmp, self.index_meta())
+                self.doc_index.write(tmp, self.index_meta())
         return path
 
     def save_index(self, path: str | Path) -> Path:
         path = Path(path)
         with atomic_path(path) as tmp:
             tmp.mkdir(parents=True)
-            self.index.write(tmp, self.index_meta())
+            self.doc_index.write(tmp, self.index_meta())
         return path
 
     def load_index(self, path: str | Path) -> None:
@@ -399,6 +397,16 @@ class Rabtriever:
         if DocumentIndex.exists(index):
             retriever.load_index(index)
         return retriever
+
+    @classmethod
+    def from_artifacts(cls, artifacts: Mapping[str, str],
+                       config: Mapping[str, Any]) -> Rabtriever:  # fmt: skip
+        """The logged student: `base_model` (the teacher checkpoint it was trained on),
+        `rabtriever` (`save` output) and optionally `doc_index` (an index saved apart, when
+        `rabtriever` holds none); config: `bf16`."""
+        return cls.load(artifacts["rabtriever"], model_path=artifacts["base_model"],
+                        index_path=artifacts.get("doc_index"),
+                        bf16=bool(config.get("bf16", False)))  # fmt: skip
 
 
 __all__ = ["Rabtriever"]

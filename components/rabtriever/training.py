@@ -17,36 +17,31 @@ matter (GKD's argument for on-policy distillation). It trains on those pairs wit
     loss = JEPA(norm(pred), teacher_hidden) + lambda * reverse_KL(student logits || teacher logits)
 
 Only the predictor is optimised; the norm and LM head used to read the prediction out are the
-LLM's own frozen modules. Resuming: a checkpoint after every epoch holds the predictor, the
-optimizer state, the epoch count and the history; data order and dropout are functions of
-(seed, epoch), so a resumed run repeats exactly what an uninterrupted run would have done.
+LLM's own frozen modules. It trains on the shared DeepSpeed loop (`components.training.loop`;
+a constant learning rate, no warm-up), whose task hook picks each epoch's pairs with the current
+predictor. Resuming: the loop's checkpoint after every epoch holds the predictor, the optimizer,
+the loop state and this task's history; data order and dropout are functions of (seed, epoch),
+so a resumed run repeats exactly what an uninterrupted run would have done.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from components.atomic import atomic_path
 from components.config import RabtrieverParams
 from components.rabtriever.jepa_loss import jepa_loss
 from components.rabtriever.model import Rabtriever
-from components.rabtriever.predictor import Predictor, RabtrieverScorer, predictor_state
+from components.rabtriever.predictor import Predictor, RabtrieverScorer
 from components.rabtriever.reverse_kl import reverse_kl
 from components.teacher.reranker import LLMReranker, PairStates
+from components.training import loop
 
 log = logging.getLogger(__name__)
-
-PREDICTOR_FILE = "predictor.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "trainer_state.json"
 
 
 @dataclass
@@ -262,6 +257,65 @@ def _names(ids: Sequence[str] | None, index: int) -> str:
     return str(index) if ids is None else ids[index]
 
 
+class OnPolicyTask:
+    """The loop's task: each epoch the student's own top-m pairs, in a seeded order.
+
+    `history` holds an `EpochStats` per epoch started, with running sums of the step losses
+    (`result` turns them into means); it is the task state the loop checkpoints.
+    """
+
+    def __init__(self, scorer: RabtrieverScorer, data: JepaTrainingData,
+                 params: RabtrieverParams, seed: int):
+        self.scorer, self.data, self.params, self.seed = scorer, data, params, seed
+        self.history: list[EpochStats] = []
+        groups = data.pairs.query_index
+        # Pools are fixed, so every epoch selects as many pairs.
+        self.selected = int(torch.unique(groups, return_counts=True)[1].clamp(max=params.top_m)
+                            .sum())
+
+    def __len__(self) -> int:
+        return self.selected
+
+    def batches(self, model: Predictor, epoch: int) -> list[list[int]]:
+        # Seeding per epoch (not once) keeps the old trainer's numbers; the global seed covers
+        # dropout, the generator tie-breaking and batch order.
+        epoch_seed = self.seed * 100_003 + epoch
+        torch.manual_seed(epoch_seed)
+        generator = torch.Generator().manual_seed(epoch_seed)
+        data, groups, teacher = self.data, self.data.pairs.query_index, self.data.pairs.scores
+        scores = student_scores(model, self.scorer, data, self.params.score_batch_size)
+        agreement = pairwise_agreement(scores, teacher, groups) if teacher is not None else None
+        chosen = select_on_policy(scores, groups, self.params.top_m, generator)
+        order = chosen[torch.randperm(len(chosen), generator=generator)]
+        batches = [rows.tolist() for rows in order.split(self.params.batch_size)]
+        sampled: dict[str, list[str]] = {}
+        for row in chosen.tolist():
+            qid = _names(data.query_ids, int(groups[row]))
+            sampled.setdefault(qid, []).append(_names(data.doc_ids, int(data.pairs.doc_index[row])))
+        self.history.append(EpochStats(epoch, len(batches), 0.0, 0.0, 0.0, agreement, sampled))
+        return batches
+
+    def loss(self, model: Predictor, batch: list[int], epoch: int):
+        p = self.params
+        jepa, rkl = _step_losses(model, self.scorer, self.data, torch.tensor(batch), p)
+        loss = p.jepa_weight * jepa + p.rkl_weight * rkl
+        stats = self.history[-1]
+        stats.loss, stats.jepa, stats.rkl = (stats.loss + loss.item(), stats.jepa + jepa.item(),
+                                             stats.rkl + rkl.item())
+        return loss, {"jepa": jepa.item(), "rkl": rkl.item()}
+
+    def state_dict(self) -> dict:
+        return {"history": [asdict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [EpochStats(**h) for h in state["history"]]
+
+    def result(self) -> list[EpochStats]:
+        """The history with mean losses per epoch."""
+        return [replace(h, loss=h.loss / max(h.steps, 1), jepa=h.jepa / max(h.steps, 1),
+                        rkl=h.rkl / max(h.steps, 1)) for h in self.history]
+
+
 def train_predictor(
     predictor: Predictor,
     scorer: RabtrieverScorer,
@@ -275,133 +329,39 @@ def train_predictor(
     """Train `predictor` in place (see the module docstring); resume from `checkpoint_dir`.
 
     Loss = `jepa_weight` x JEPA + `rkl_weight` x reverse KL. `log_fn(step, {"loss", "jepa",
-    "rkl", "epoch"})` is called after every optimizer step.
+    "rkl", "epoch"})` is called after every optimizer step. `params.epochs` may grow between a
+    run and its resumption (the learning rate is constant); any other change is refused.
     """
     if any(p.requires_grad for p in scorer.parameters()):
         raise ValueError("the LLM's norm and LM head must be frozen (Rabtriever freezes them)")
-    optimizer = torch.optim.AdamW(
-        predictor.parameters(), lr=params.lr, weight_decay=params.weight_decay
-    )
-    identity = {**params.model_dump(), "seed": seed}  # what a resumed run must match
-    history: list[EpochStats] = []
-    step, start_epoch = 0, 0
     if predictor.uses_tokens:  # a resumed run then loads the same statistics with the weights
         if data.features is None:
             raise ValueError("the maxsim predictor trains on pair features: none were given")
         predictor.fit_feature_scaling(data.features)
-    if checkpoint_dir is not None and (Path(checkpoint_dir) / STATE_FILE).exists():
-        start_epoch, step, history = _resume(Path(checkpoint_dir), predictor, optimizer, identity)
-        log.info("resumed from %s after epoch %d (step %d)", checkpoint_dir, start_epoch, step)
-    groups, teacher = data.pairs.query_index, data.pairs.scores
+    task = OnPolicyTask(scorer, data, params, seed)
+    steps_per_epoch = -(-len(task) // params.batch_size)
+    settings = loop.LoopSettings(
+        lr=params.lr, weight_decay=params.weight_decay, batch_size=params.batch_size,
+        max_steps=params.epochs * steps_per_epoch, decay=False, grad_clip=params.grad_clip,
+        checkpoint_every=steps_per_epoch,
+    )  # fmt: skip
+    identity = {**params.model_dump(exclude={"epochs"}), "seed": seed,
+                "predictor": predictor.config}
 
-    for epoch in range(start_epoch, params.epochs):
-        # Seeding per epoch (not once) is what makes a resumed run identical to an unbroken one;
-        # the global seed covers dropout, the generator tie-breaking and batch order.
-        epoch_seed = seed * 100_003 + epoch
-        torch.manual_seed(epoch_seed)
-        generator = torch.Generator().manual_seed(epoch_seed)
-        scores = student_scores(predictor, scorer, data, params.score_batch_size)
-        agreement = pairwise_agreement(scores, teacher, groups) if teacher is not None else None
-        chosen = select_on_policy(scores, groups, params.top_m, generator)
-        order = chosen[torch.randperm(len(chosen), generator=generator)]
-        predictor.train()
-        sums = {"loss": 0.0, "jepa": 0.0, "rkl": 0.0}
-        batches = list(order.split(params.batch_size))
-        for rows in batches:
-            jepa, rkl = _step_losses(predictor, scorer, data, rows, params)
-            loss = params.jepa_weight * jepa + params.rkl_weight * rkl
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if params.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(predictor.parameters(), params.grad_clip)
-            optimizer.step()
-            step += 1
-            parts = {"loss": loss.item(), "jepa": jepa.item(), "rkl": rkl.item()}
-            for key, value in parts.items():
-                sums[key] += value
-            if log_fn is not None:
-                log_fn(step, {**parts, "epoch": float(epoch)})
-        sampled: dict[str, list[str]] = {}
-        for row in chosen.tolist():
-            qid = _names(data.query_ids, int(groups[row]))
-            sampled.setdefault(qid, []).append(_names(data.doc_ids, int(data.pairs.doc_index[row])))
-        n = max(len(batches), 1)
-        history.append(
-            EpochStats(
-                epoch=epoch,
-                steps=len(batches),
-                loss=sums["loss"] / n,
-                jepa=sums["jepa"] / n,
-                rkl=sums["rkl"] / n,
-                agreement=agreement,
-                sampled=sampled,
-            )
-        )
-        log.info(
-            "epoch %d: loss %.4f (jepa %.4f, rkl %.4f), agreement at start %s",
-            epoch,
-            history[-1].loss,
-            history[-1].jepa,
-            history[-1].rkl,
-            agreement,
-        )
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, predictor, optimizer, epoch + 1, step, identity,
-                            history)
+    def on_step(m: loop.StepMetrics) -> None:
+        log_fn(m.step, {"loss": m.loss, **m.parts, "epoch": float(m.epoch)})
 
+    result = loop.train(predictor, task, settings, checkpoint_dir,
+                        on_step if log_fn is not None else None, seed=seed, identity=identity)
+    history = task.result()
+    for stats in history:
+        log.info("epoch %d: loss %.4f (jepa %.4f, rkl %.4f), agreement at start %s",
+                 stats.epoch, stats.loss, stats.jepa, stats.rkl, stats.agreement)
     predictor.eval()
+    groups, teacher = data.pairs.query_index, data.pairs.scores
     final = None
     if teacher is not None:
         final = pairwise_agreement(
             student_scores(predictor, scorer, data, params.score_batch_size), teacher, groups
         )
-    return JepaTrainResult(epochs=history, steps=step, final_agreement=final)
-
-
-# -- checkpoints ------------------------------------------------------------------------------
-
-# Params that may change between a run and its resumption: the run can be extended.
-_RESUMABLE_CHANGES = {"epochs"}
-
-
-def save_checkpoint(
-    folder: str | Path,
-    predictor: Predictor,
-    optimizer: torch.optim.Optimizer,
-    epoch: int,
-    step: int,
-    params: Mapping[str, Any],
-    history: Sequence[EpochStats],
-) -> None:
-    """Atomically: predictor (safetensors), optimizer (torch.save of tensors and numbers only,
-    read back with weights_only=True), and a JSON with the epochs done, step, params (the
-    section and the seed), history."""
-    with atomic_path(folder) as tmp:
-        tmp.mkdir(parents=True)
-        save_file(predictor_state(predictor), tmp / PREDICTOR_FILE)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        state = {
-            "epoch": epoch,
-            "step": step,
-            "predictor": predictor.config,
-            "params": dict(params),
-            "history": [asdict(h) for h in history],
-        }
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-
-
-def _resume(
-    folder: Path, predictor: Predictor, optimizer: torch.optim.Optimizer, params: Mapping[str, Any]
-) -> tuple[int, int, list[EpochStats]]:
-    state: dict[str, Any] = json.loads((folder / STATE_FILE).read_text())
-    if state["predictor"] != predictor.config:
-        raise ValueError(f"checkpoint predictor {state['predictor']} != {predictor.config}")
-    changed = {
-        k for k, v in params.items() if state["params"].get(k) != v
-    } - _RESUMABLE_CHANGES
-    if changed:
-        raise ValueError(f"cannot resume {folder}: params changed: {sorted(changed)}")
-    predictor.load_state_dict(load_file(folder / PREDICTOR_FILE))
-    optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
-    history = [EpochStats(**h) for h in state["history"]]
-    return state["epoch"], state["step"], history
+    return JepaTrainResult(epochs=history, steps=result.steps_done, final_agreement=final)

@@ -13,10 +13,10 @@ trainer uses it with gradients, so training and scoring cannot disagree.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ from components.llm.prompts import (
     PromptTemplate,
     resolve_answer_token_ids,
 )
+from components.ranker import ranked
+from components.runs import Run
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,11 @@ class PairStates:
 
 
 class LLMReranker:
-    """Model + tokenizer + prompt template: scores pairs and reranks candidate lists."""
+    """Model + tokenizer + prompt template: scores pairs and reranks candidate lists
+    (a `components.ranker.Ranker` that reads text: it cannot search)."""
+
+    reads_text = True
+    ARTIFACTS = ("model", "template")  # what `from_artifacts` reads (`components.serving`)
 
     def __init__(
         self,
@@ -157,6 +163,7 @@ class LLMReranker:
             log.warning(
                 "bf16 autocast asked for, but %s lacks native bf16; using fp32", self.device
             )
+        self.texts: dict[str, str] = {}  # doc id -> text, for `rerank` (`index`)
 
     @classmethod
     def from_pretrained(
@@ -247,12 +254,40 @@ class LLMReranker:
             states.topk_ids = torch.cat([t.indices.cpu() for t in rows["tk"]])[inverse]
         return states
 
-    def rerank(
-        self, query: str, candidates: Sequence[tuple[str, str]], batch_size: int = 8
-    ) -> list[tuple[str, float]]:
-        """[(docid, text)] -> [(docid, score)], best first (ties broken by docid)."""
-        if not candidates:
-            return []
-        scores = self.score_pairs([(text, query) for _, text in candidates], batch_size)
-        ranked = [(docid, float(s)) for (docid, _), s in zip(candidates, scores, strict=True)]
-        return sorted(ranked, key=lambda pair: (-pair[1], pair[0]))
+    # -- the `components.ranker.Ranker` interface -----------------------------------------
+
+    def index(self, corpus: Mapping[str, str]) -> None:
+        """Keep the documents' texts (doc id -> text) for `rerank`; replaces any kept before."""
+        self.texts = dict(corpus)
+
+    def rerank(self, queries: Mapping[str, str], candidates: Mapping[str, Sequence[str]],
+               batch_size: int = 8) -> Run:  # fmt: skip
+        """Each query's candidates (ids of `index`ed texts) by score, best first (ties broken
+        by doc id). Every pair of every query goes through one `score_pairs` call."""
+        rows = [(qid, docid) for qid in queries for docid in candidates[qid]]
+        missing = [docid for _, docid in rows if docid not in self.texts]
+        if missing:
+            raise KeyError(f"no text for {len(missing)} candidates, e.g. {missing[:3]}: the "
+                           f"teacher reads documents; give their texts to `index`")
+        run: Run = {qid: [] for qid in queries}
+        if rows:
+            pairs = [(self.texts[docid], queries[qid]) for qid, docid in rows]
+            for (qid, docid), score in zip(rows, self.score_pairs(pairs, batch_size), strict=True):
+                run[qid].append((docid, float(score)))
+        return {qid: ranked(scored) for qid, scored in run.items()}
+
+    def search(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        raise NotImplementedError(
+            "the teacher reranks candidates only: it scores (document, query) pairs with one "
+            "LLM pass each and has no index to search; rerank a first stage's candidates"
+        )
+
+    @classmethod
+    def from_artifacts(cls, artifacts: Mapping[str, str],
+                       config: Mapping[str, Any]) -> LLMReranker:  # fmt: skip
+        """The logged teacher: `model` (checkpoint + tokenizer), `template` (the prompt templates
+        file); config: `task`, `max_doc_tokens`, `bf16`."""
+        template = PromptTemplate.load(config["task"], path=artifacts["template"])
+        return cls.from_pretrained(artifacts["model"], template=template,
+                                   max_doc_tokens=config["max_doc_tokens"],
+                                   bf16=bool(config.get("bf16", False)))  # fmt: skip

@@ -1,29 +1,22 @@
-"""Teacher fine-tuning on a real DeepSpeed engine: listwise CE over (positive + hard negatives).
+"""Teacher fine-tuning on the shared DeepSpeed loop: listwise CE over (positive + hard negatives).
 
-One entry point, `teacher`. It runs the same in one process without a launcher (the
-distributed env vars are filled in) and under `torchrun` / `deepspeed` with several processes:
-every optimizer step consumes the same global batch of groups, split across ranks and then into
-micro-batches, so the loss curve does not depend on the process count.
+One entry point, `train_teacher`. It runs the same in one process without a launcher and under
+`torchrun` / `deepspeed` with several processes: every optimizer step consumes the same global
+batch of groups, split across ranks and then into micro-batches (`components.training.loop`),
+so the loss curve does not depend on the process count.
 
 Backends: CPU -> fp32 weights, gloo (bf16 only as autocast in the forward, where the CPU has
-native bf16); CUDA -> DeepSpeed bf16 and NCCL.
+native bf16); CUDA -> DeepSpeed bf16 and NCCL. ZeRO options come from
+`configs/deepspeed/teacher.json`.
 
-Resuming: a checkpoint (every `checkpoint_every` steps) holds the DeepSpeed state (weights,
-optimizer, LR scheduler, step count) plus the data position (epoch, step within epoch) and each
-rank's RNG states. Data order is a function of (seed, epoch) alone, so a restarted run picks up
-the very batch an uninterrupted run would have seen next.
+Resuming: checkpoints are the loop's (`components.training.checkpoint`): the engine state plus
+the data position and each rank's RNG states. Data order is a function of (seed, epoch) alone,
+so a restarted run picks up the very batch an uninterrupted run would have seen next.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import socket
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +30,11 @@ from components.llm.base_model import load_causal_lm, load_tokenizer
 from components.llm.padding import left_pad
 from components.llm.precision import bf16_available
 from components.llm.prompts import PromptBuilder, PromptTemplate, resolve_answer_token_ids
-from components.settings import repo_root
-from components.teacher.data import TrainingGroup, global_batches, shard_for_rank
+from components.teacher.data import TrainingGroup, global_batches
 from components.teacher.loss import listwise_ce
 from components.teacher.reranker import AnswerTokens, answer_logits, yes_no_score
-from components.training.loop import (
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    warmup_linear_decay,
-)
+from components.training import loop
+from components.training.engine import read_config
 
 log = logging.getLogger(__name__)
 
@@ -72,34 +60,6 @@ class TrainResult:
     completed: bool  # False when stopped early by `stop_after_steps`
     output_dir: Path | None
     losses: list[float] = field(default_factory=list)  # this invocation's steps only
-
-
-def isolate_extension_cache() -> None:
-    """Give this Python environment its own DeepSpeed JIT-op cache.
-
-    On CPU DeepSpeed JIT-builds a comm op into TORCH_EXTENSIONS_DIR, by default one folder per
-    Python version shared by every virtualenv on the machine. A build from another venv (a CI
-    copy of the repo) points the shared build at other torch headers, and the next load here
-    rebuilds it (70-130 s). One folder per interpreter prefix stops that ping-pong.
-    """
-    digest = hashlib.sha1(sys.prefix.encode()).hexdigest()[:10]
-    default = Path.home() / ".cache" / "torch_extensions" / f"{Path(sys.prefix).name}-{digest}"
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(default))
-
-
-def ensure_distributed_env() -> None:
-    """Fill in the env vars a launcher would set, so one process works without one."""
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:  # ask the OS for a free port
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    for key, value in {
-        "MASTER_ADDR": "127.0.0.1",
-        "RANK": "0",
-        "WORLD_SIZE": "1",
-        "LOCAL_RANK": "0",
-    }.items():
-        os.environ.setdefault(key, value)
 
 
 class PairScoringModule(nn.Module):
@@ -147,26 +107,46 @@ def apply_train_mode(
     raise ValueError(f"train_mode must be lora, top_layers or full, got {params.train_mode!r}")
 
 
-def build_deepspeed_config(
-    params: TeacherParams, world_size: int, cuda: bool, grad_accum: int,
-    config_path: str | Path = DEFAULT_DEEPSPEED_CONFIG,
-) -> dict:
-    """The JSON config with the run's values filled in (the keys its `_comment` lists)."""
-    path = Path(config_path)
-    if not path.is_absolute():
-        path = repo_root() / path
-    config = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
-    config["train_micro_batch_size_per_gpu"] = params.micro_batch_groups
-    config["gradient_accumulation_steps"] = grad_accum
-    config["train_batch_size"] = params.micro_batch_groups * grad_accum * world_size
-    optimizer = config.setdefault("optimizer", {"type": "AdamW", "params": {"torch_adam": True}})
-    optimizer["params"].update(lr=params.lr, weight_decay=params.weight_decay)
-    # The schedule is a client LambdaLR (see `warmup_linear_decay`): DeepSpeed's WarmupDecayLR
-    # spends the first step at lr=0 and forces >= 2 warmup steps.
-    config.pop("scheduler", None)
-    config.setdefault("zero_optimization", {})["stage"] = params.zero_stage
-    config["bf16"] = {"enabled": bool(cuda and params.bf16)}
-    return config
+def loop_settings(params: TeacherParams, cuda: bool) -> loop.LoopSettings:
+    """The loop's view of the `teacher` section; gradient clipping is the DeepSpeed JSON's."""
+    return loop.LoopSettings(
+        lr=params.lr,
+        weight_decay=params.weight_decay,
+        batch_size=params.global_batch_groups,
+        micro_batch_size=params.micro_batch_groups,
+        max_steps=params.max_steps,
+        warmup_ratio=params.warmup_ratio,
+        grad_clip=None,
+        checkpoint_every=params.checkpoint_every,
+        keep_checkpoints=params.keep_checkpoints,
+        zero_stage=params.zero_stage,
+        bf16=bool(cuda and params.bf16),
+    )
+
+
+class ListwiseTask:
+    """Training groups, tokenised per micro-batch, and their listwise CE."""
+
+    def __init__(self, groups: Sequence[TrainingGroup], prompts: PromptBuilder, pad_id: int,
+                 params: TeacherParams, seed: int):
+        self.groups, self.prompts, self.pad_id = groups, prompts, pad_id
+        self.params, self.seed = params, seed
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def batches(self, model: nn.Module, epoch: int) -> list[list[int]]:
+        # Whole global batches only (the last partial one is dropped): every step the same size.
+        return global_batches(len(self.groups), epoch, self.seed, self.params.global_batch_groups)
+
+    def loss(self, model: nn.Module, batch: list[int], epoch: int):
+        micro = [self.groups[i] for i in batch]
+        pairs = [pair for group in micro for pair in group.pairs()]
+        input_ids, mask = left_pad(self.prompts.encode_pairs(pairs), self.pad_id)
+        device = next(model.parameters()).device
+        logits = model(input_ids.to(device), mask.to(device))
+        loss = listwise_ce(yes_no_score(logits).view(len(micro), -1), self.params.temperature)
+        return loss, {"tokens": float(mask.sum())}
 
 
 def train_teacher(
@@ -189,141 +169,38 @@ def train_teacher(
     with a checkpoint and no final model (time-boxed runs; the resume tests). On completion,
     `output_dir` receives a plain transformers checkpoint (LoRA merged) + tokenizer, atomically.
     """
-    isolate_extension_cache()
-    import deepspeed  # heavy import (~5 s); keep it out of module import time
-
-    ensure_distributed_env()
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-
-    per_step_local = params.global_batch_groups // world
-    if params.global_batch_groups % (params.micro_batch_groups * world):
-        raise ValueError(
-            f"global_batch_groups={params.global_batch_groups} must be a multiple of "
-            f"micro_batch_groups x world_size = {params.micro_batch_groups} x {world}"
-        )
-    grad_accum = per_step_local // params.micro_batch_groups
-    steps_per_epoch = len(groups) // params.global_batch_groups
-    if steps_per_epoch == 0:
+    if len(groups) < params.global_batch_groups:
         raise ValueError(f"{len(groups)} groups < one global batch ({params.global_batch_groups})")
-    total_steps = params.max_steps
-    warmup_steps = int(params.warmup_ratio * total_steps)
-    identity = _run_identity(params, seed, deepspeed_config)
-
-    seed_everything(seed)  # identical LoRA init on every rank
+    cuda = torch.cuda.is_available()
+    loop.seed_everything(seed)  # identical LoRA init on every rank
     tokenizer = load_tokenizer(base_model_dir)
     answer_tokens = resolve_answer_token_ids(tokenizer, template)
     prompts = PromptBuilder(template, tokenizer, params.max_doc_tokens)
     lm = apply_train_mode(load_causal_lm(base_model_dir), params)
-    lm.train()
-    autocast = bool(params.bf16 and not cuda and bf16_available(device))
+    autocast = bool(params.bf16 and not cuda and bf16_available(torch.device("cpu")))
     module = PairScoringModule(lm, answer_tokens, autocast)
-    trainable = [p for p in module.parameters() if p.requires_grad]
+    task = ListwiseTask(groups, prompts, tokenizer.pad_token_id, params, seed)
 
-    config = build_deepspeed_config(params, world, cuda, grad_accum, deepspeed_config)
-    engine, _, _, _ = deepspeed.initialize(
-        model=module,
-        model_parameters=trainable,
-        config=config,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, warmup_linear_decay(total_steps, warmup_steps)
-        ),
-    )
+    def report(m: loop.StepMetrics) -> None:
+        # parts["tokens"] is the mean over the step's micro-batches on all ranks.
+        micro_batches = params.global_batch_groups // params.micro_batch_groups
+        tokens = m.parts["tokens"] * micro_batches
+        on_step(StepMetrics(step=m.step, total_steps=m.total_steps, epoch=m.epoch, loss=m.loss,
+                            lr=m.lr, tokens_per_s=tokens / max(m.step_s, 1e-9),
+                            elapsed_s=m.elapsed_s))
 
-    checkpoint_dir = Path(checkpoint_dir)
-    epoch, step_in_epoch = 0, 0
-    if (checkpoint_dir / "latest").is_file():
-        load_path, client = engine.load_checkpoint(str(checkpoint_dir))
-        if load_path is None:
-            raise RuntimeError(f"could not load the checkpoint in {checkpoint_dir}")
-        _check_same_run(client.get("params", {}), identity, checkpoint_dir)
-        epoch, step_in_epoch = client["epoch"], client["step_in_epoch"]
-        set_rng_state(
-            torch.load(Path(load_path).parent / f"rng_rank{rank}.pt", weights_only=True)
-        )
-        if rank == 0:
-            log.info("resumed from %s at step %d", load_path, engine.global_steps)
-
-    losses: list[float] = []
-    started = time.perf_counter()
-    batches, batches_epoch = [], None
-    while engine.global_steps < total_steps:
-        if batches_epoch != epoch:  # the order is a function of (seed, epoch) only
-            batches = global_batches(len(groups), epoch, seed, params.global_batch_groups)
-            batches_epoch = epoch
-        t0 = time.perf_counter()
-        lr = engine.get_lr()[0]
-        local = shard_for_rank(batches[step_in_epoch], rank, world)
-        totals = torch.zeros(2, dtype=torch.float64)  # (sum of micro-batch losses, tokens)
-        for m in range(0, len(local), params.micro_batch_groups):
-            micro = [groups[i] for i in local[m : m + params.micro_batch_groups]]
-            pairs = [pair for group in micro for pair in group.pairs()]
-            input_ids, mask = left_pad(prompts.encode_pairs(pairs), tokenizer.pad_token_id)
-            logits = engine(input_ids.to(device), mask.to(device))
-            loss = listwise_ce(yes_no_score(logits).view(len(micro), -1), params.temperature)
-            engine.backward(loss)  # DeepSpeed scales by 1/grad_accum and steps at the boundary
-            engine.step()
-            totals += torch.tensor([loss.item(), mask.sum().item()], dtype=torch.float64)
-        totals = totals.to(device)  # NCCL reduces device tensors only; gloo takes either
-        torch.distributed.all_reduce(totals)  # sum over ranks
-        totals = totals.cpu()
-        step_loss = totals[0].item() / (grad_accum * world)
-        losses.append(step_loss)
-        step_epoch = epoch
-        step_in_epoch += 1
-        if step_in_epoch == len(batches):
-            epoch, step_in_epoch = epoch + 1, 0
-        if rank == 0 and on_step is not None:
-            on_step(
-                StepMetrics(
-                    step=engine.global_steps,
-                    total_steps=total_steps,
-                    epoch=step_epoch,
-                    loss=step_loss,
-                    lr=lr,
-                    tokens_per_s=totals[1].item() / (time.perf_counter() - t0),
-                    elapsed_s=time.perf_counter() - started,
-                )
-            )
-        stop = stop_after_steps is not None and len(losses) >= stop_after_steps
-        done = engine.global_steps >= total_steps
-        if engine.global_steps % params.checkpoint_every == 0 or (stop and not done):
-            _save_checkpoint(engine, checkpoint_dir, epoch, step_in_epoch, identity,
-                             params.keep_checkpoints, rank)
-        if stop:
-            break
-
-    completed = engine.global_steps >= total_steps
+    result = loop.train(
+        module, task, loop_settings(params, cuda), checkpoint_dir,
+        report if on_step is not None else None, stop_after_steps, seed=seed,
+        identity=_run_identity(params, seed, deepspeed_config),
+        base_config=read_config(deepspeed_config),
+    )  # fmt: skip
     out = None
-    if completed:
-        out = _save_final_model(engine, base_model_dir, params, answer_tokens, Path(output_dir))
-    return TrainResult(
-        steps=engine.global_steps,
-        total_steps=total_steps,
-        completed=completed,
-        output_dir=out,
-        losses=losses,
-    )
-
-
-def _save_checkpoint(engine, checkpoint_dir: Path, epoch, step_in_epoch, identity: dict,
-                     keep: int, rank) -> None:
-    tag = f"step{engine.global_steps:08d}"
-    tag_dir = checkpoint_dir / tag
-    tag_dir.mkdir(parents=True, exist_ok=True)
-    # RNG first: DeepSpeed writes `latest` last, so a checkpoint that `latest` names is complete.
-    torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt")
-    client = {"epoch": epoch, "step_in_epoch": step_in_epoch, "params": identity}
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client)
-    if rank == 0:
-        tags = sorted(p for p in checkpoint_dir.glob("step*") if p.is_dir())
-        for old in tags[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    torch.distributed.barrier()
+    if result.completed:
+        out = _save_final_model(result.engine, base_model_dir, params, answer_tokens,
+                                Path(output_dir))
+    return TrainResult(steps=result.steps_done, total_steps=result.total_steps,
+                       completed=result.completed, output_dir=out, losses=result.losses)
 
 
 # Knobs that may change between a run and its resumption without changing what is trained.
@@ -334,16 +211,6 @@ def _run_identity(params: TeacherParams, seed: int, deepspeed_config: str | Path
     """What a checkpoint must have been written with to be resumed."""
     values = {**params.model_dump(), "seed": seed, "deepspeed_config": str(deepspeed_config)}
     return {k: v for k, v in values.items() if k not in _RESUMABLE_CHANGES}
-
-
-def _check_same_run(saved: dict, current: dict, checkpoint_dir: Path) -> None:
-    """Refuse to resume a checkpoint written with different training params."""
-    changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
-    if changed:
-        raise ValueError(
-            f"checkpoint in {checkpoint_dir} was written with different params ({changed}); "
-            "delete it or restore those values"
-        )
 
 
 def _full_state_dict(engine) -> dict | None:

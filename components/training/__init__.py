@@ -1,1 +1,1 @@
-"""Training: data assembly for the teacher and the DeepSpeed training loop."""
+"""Training: the one DeepSpeed training loop (loop), its engine and its checkpoint format."""

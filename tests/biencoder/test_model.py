@@ -45,8 +45,8 @@ def test_embeddings_are_normalised_and_independent_of_batch_padding(encoder):
 
 def _toy_ndcg_proxy(encoder, queries, qrels, corpus):
     """Share of queries whose relevant document ranks first among all documents."""
-    encoder.index_corpus({d: doc["text"] for d, doc in corpus.items()})
-    run = encoder.search_run(queries, k=len(corpus))
+    encoder.index({d: doc["text"] for d, doc in corpus.items()})
+    run = encoder.search(queries, k=len(corpus))
     return np.mean([run[q][0][0] in qrels[q] for q in queries])
 
 
@@ -79,14 +79,16 @@ def test_top_layers_mode_trains_only_the_top_layers(encoder, tmp_path):
 
 def test_save_and_load_round_trip_with_index(encoder, tmp_path):
     corpus = {"a": "violin strings", "b": "rocket fuel", "c": "winter snow"}
-    encoder.index_corpus(corpus)
+    encoder.index(corpus)
     path = encoder.save(tmp_path / "biencoder")
-    loaded = BiEncoder.from_pretrained(path)
+    loaded = BiEncoder.from_artifacts({"biencoder": str(path)}, {})
     assert loaded.max_doc_tokens == 24
-    got, want = loaded.search("snow", k=3), encoder.search("snow", k=3)
+    got, want = loaded.search({"q": "snow"}, k=3)["q"], encoder.search({"q": "snow"}, k=3)["q"]
     assert [d for d, _ in got] == [d for d, _ in want]
     np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
-    assert [d for d, _ in loaded.rerank("fuel", ["a", "b"])] == \
-        [d for d, _ in encoder.rerank("fuel", ["a", "b"])]
+    # Reranking scores each candidate as the search does, best first.
+    reranked = loaded.rerank({"q": "snow", "r": "fuel"}, {"q": ["a", "b", "c"], "r": []})
+    assert [d for d, _ in reranked["q"]] == [d for d, _ in got] and reranked["r"] == []
+    np.testing.assert_allclose([s for _, s in reranked["q"]], [s for _, s in got], atol=1e-4)
     with pytest.raises(KeyError, match="not in the index"):
-        loaded.rerank("x", ["zzz"])
+        loaded.rerank({"q": "x"}, {"q": ["zzz"]})

@@ -126,3 +126,42 @@ def test_identifier_logprob_has_gradients(retriever, tokenizer):
     grad = retriever.model.get_input_embeddings().weight.grad
     assert grad is not None and grad.abs().sum() > 0
     retriever.model.zero_grad(set_to_none=True)
+
+
+def test_rerank_scores_equal_beam_scores_and_normalise_over_the_candidates(
+        retriever, corpus, identifier_index):  # fmt: skip
+    """Title view alone: rerank's teacher-forced identifier log-probs must equal the beam
+    scores of a search as wide as the title vocabulary (raw, as the beam is not quite every
+    title); normalised, they are a softmax over the candidates' distinct titles. The passage
+    without a title (d02) cannot be generated: -inf."""
+    def titles_only(normalize: bool) -> GenerativeRetriever:
+        config = RetrieverConfig(view_weights={"title": 1.0}, normalize=normalize)
+        return GenerativeRetriever(retriever.model, retriever.tokenizer, retriever.trie,
+                                   identifier_index, config)  # fmt: skip
+
+    n_titles = len(identifier_index.view_identifiers("title"))
+    searched = dict(titles_only(False).search({"q": "apple"}, k=n_titles + 1)["q"])
+    docs = sorted(corpus)
+    reranked = titles_only(False).rerank({"q": "apple", "e": "x"}, {"q": docs[::-1], "e": []})
+    assert reranked["e"] == []
+    assert reranked["q"] == sorted(reranked["q"], key=lambda pair: (-pair[1], pair[0]))
+    raw = dict(reranked["q"])
+    assert sorted(raw) == docs and raw["d02"] == -math.inf
+    assert len(searched) >= len(docs) - 3  # d02 and at most two titles the beam missed
+    for doc, score in searched.items():
+        assert raw[doc] == pytest.approx(score, abs=1e-3)
+    normalised = dict(titles_only(True).rerank({"q": "apple"}, {"q": docs})["q"])
+    by_title = {identifier_index.identifiers("title", d)[0]: raw[d] for d in docs if d != "d02"}
+    log_z = math.log(sum(math.exp(v) for v in by_title.values()))
+    for doc in docs:
+        assert normalised[doc] == pytest.approx(raw[doc] - log_z, abs=1e-5)
+    with pytest.raises(KeyError, match="no identifiers"):
+        titles_only(True).rerank({"q": "apple"}, {"q": ["unknown"]})
+
+
+def test_index_only_accepts_the_passages_dgr_was_trained_on(retriever, corpus):
+    retriever.index({doc: "any text" for doc in corpus})
+    with pytest.raises(ValueError, match="1 unknown"):
+        retriever.index({"new": "text", **{doc: "any text" for doc in corpus}})
+    with pytest.raises(ValueError, match="lacks 1"):
+        retriever.index({doc: "any text" for doc in sorted(corpus)[1:]})

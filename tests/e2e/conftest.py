@@ -81,10 +81,10 @@ def write_mini_scifact(source: Path, dest: Path, seed: int = 0) -> None:
         (dest / "qrels" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
 
 
-def make_project_copy(root: Path) -> Path:
+def make_project_copy(root: Path, profile: str = "") -> Path:
     """A committed copy of the work tree at `root` with the bundled data pulled, the mini
     dataset beside it (untracked) and params.yaml set to the small test profile (the
-    `repo_copy` fixture of tests/conftest.py)."""
+    `repo_copy` fixture of tests/conftest.py), over a shipped profile when one is named."""
     root.mkdir()
     copy_worktree(root)
     run(["git", "init", "-q", "-b", "main"], root)
@@ -96,6 +96,8 @@ def make_project_copy(root: Path) -> Path:
     run(["dvc", "pull", "--quiet", *bundled], root)
     write_mini_scifact(root / "data/raw/scifact", root / "data/raw" / MINI)
     tiny = build_tiny_model(root / "tiny-llm")
+    if profile:  # as a user applies it; the test profile then only shrinks sizes
+        run(["python", "-m", "components.profiles", profile], root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     apply_test_profile(params, tiny)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -120,8 +122,8 @@ def apply_test_profile(params: dict, tiny_model: Path) -> None:
     params["data"].update(name=MINI, eval_queries=10)
     params["dense"].update(max_tokens=64)
     params["base_model"]["source"] = str(tiny_model)
-    params["teacher"].update(max_steps=3, global_batch_groups=2, top_layers=1,
-                             checkpoint_every=1, max_doc_tokens=48, bf16=False)
+    params["teacher"].update(max_steps=3, global_batch_groups=2, micro_batch_groups=1,
+                             top_layers=1, checkpoint_every=1, max_doc_tokens=48, bf16=False)
     params["rank_lists"].update(train_queries=6, depth=5, train_depth=4, top_k_logits=16,
                                 document_layers=[])
     params["rabtriever"].update(epochs=2, predictor_width=64, top_m=2, full_k=20,
@@ -130,3 +132,5 @@ def apply_test_profile(params: dict, tiny_model: Path) -> None:
     params["dgr"].update(stage1_steps=3, stage2_steps=2, batch_size=2, num_beams=3,
                          top_layers=1, num_passages=3, semantic_dims=8, checkpoint_every=1,
                          latency_queries=4, bf16=False)
+    params["biencoder"].update(steps=2, batch_size=2, top_layers=1, checkpoint_every=1,
+                               full_k=20, bf16=False)

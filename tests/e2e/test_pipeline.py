@@ -138,9 +138,9 @@ def test_models_are_registered_promoted_and_load(pipeline_result):
         assert {r.data.tags["model"] for r in promotion} == {"teacher-reranker", "rabtriever",
                                                               "dgr"}
         teacher = mlflow.pyfunc.load_model("models:/teacher-reranker@champion")
-        scores = teacher.predict(pd.DataFrame({"query": ["a claim", "a claim"],
-                                               "document": ["one text", "another text"]}))
-        assert scores["score"].notna().all() and len(scores) == 2
+        ranked = teacher.predict(pd.DataFrame({"query": ["a claim"], "candidates": [["a", "b"]],
+                                               "documents": [["one text", "another text"]]}))
+        assert sorted(ranked["docid"]) == ["a", "b"] and ranked["score"].notna().all()
     finally:
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
 

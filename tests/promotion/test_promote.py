@@ -12,10 +12,11 @@ from components.promotion import (
     PromotionSplit,
     decide,
     promote,
+    request,
 )
 from components.registry import set_alias, version_of
 from flows.promote import skipped_on_this_dataset
-from tests.promotion.toy_rankers import FixedRankRanker
+from tests.promotion.toy_rankers import log_toy
 
 N = 30
 QUERIES = {f"q{i}": f"query text {i}" for i in range(N)}
@@ -23,23 +24,20 @@ QRELS = {f"q{i}": {f"rel-{i}": 1} for i in range(N)}
 CANDIDATES = {f"q{i}": [f"rel-{i}"] + [f"d{i}-{j}" for j in range(9)] for i in range(N)}
 SPLIT = PromotionSplit(QUERIES, QRELS, CANDIDATES,
                        {d: f"text of {d}" for ids in CANDIDATES.values() for d in ids})
-RELEVANT = {QUERIES[q]: set(QRELS[q]) for q in QUERIES}
+RELEVANT = {QUERIES[q]: sorted(QRELS[q]) for q in QUERIES}
 METRICS = ["ndcg_cut_10", "recall_10", "recip_rank_10"]
 
 
 def _register(name: str, rank_of_relevant: int) -> str:
     """Log and register a toy ranker; point `challenger` at it, as a training stage does."""
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="model",
-                                       python_model=FixedRankRanker(RELEVANT, rank_of_relevant),
-                                       registered_model_name=name)
-    set_alias(name, info.registered_model_version, "challenger")
-    return str(info.registered_model_version)
+    version = log_toy(name, "fixed-rank",
+                      {"relevant": RELEVANT, "rank_of_relevant": rank_of_relevant})
+    set_alias(name, version, "challenger")
+    return version
 
 
 def _promote(name: str, **kwargs):
-    return promote(name, SPLIT, "ndcg_cut_10", METRICS, alpha=0.05, interface="candidates",
-                   **kwargs)
+    return promote(name, SPLIT, "ndcg_cut_10", METRICS, alpha=0.05, **kwargs)
 
 
 def test_first_version_wins_weaker_is_kept_out_and_stronger_is_promoted():
@@ -101,11 +99,29 @@ def test_equal_primary_but_significantly_worse_secondary_is_not_promoted():
     assert not promoted and "recall_10" in reason and p_values["recall_10"] < 0.05
 
 
-def test_missing_challenger_and_unknown_interface_are_explained():
+def test_a_missing_challenger_is_explained():
     with pytest.raises(LookupError, match="no 'challenger' alias"):
         _promote("never-registered")
-    with pytest.raises(ValueError, match="no pyfunc interface"):
-        promote("some-model", SPLIT, "ndcg_cut_10", METRICS)
+
+
+def test_the_request_holds_each_query_with_its_candidates_and_their_texts():
+    frame = request(SPLIT)
+    assert list(frame.columns) == ["qid", "query", "candidates", "documents"]
+    assert frame["qid"].tolist() == sorted(QUERIES)
+    row = frame[frame.qid == "q7"].iloc[0]
+    assert row["query"] == QUERIES["q7"] and row["candidates"] == CANDIDATES["q7"]
+    assert row["documents"] == [f"text of {d}" for d in CANDIDATES["q7"]]
+
+
+def test_a_text_reading_model_is_judged_on_the_split_texts():
+    """Like the teacher, the toy ranks by the texts the request carries: the relevant text
+    (`text of rel-...`) first gives a perfect score only if each text reaches its candidate."""
+    name = "toy-reader"
+    set_alias(name, log_toy(name, "text", {"marker": "rel-"}), "challenger")
+    decision = _promote(name)
+    assert decision.promoted
+    assert decision.challenger_metrics["ndcg_cut_10"] == pytest.approx(1.0)
+    assert decision.challenger_metrics["recip_rank_10"] == pytest.approx(1.0)
 
 
 def test_a_model_whose_stage_skipped_the_dataset_is_not_judged(tmp_path):
@@ -119,3 +135,15 @@ def test_a_model_whose_stage_skipped_the_dataset_is_not_judged(tmp_path):
     assert skipped_on_this_dataset(layout, "dgr") == "no queries"
     assert skipped_on_this_dataset(layout, "rabtriever") is None
     assert skipped_on_this_dataset(layout, "teacher-reranker") is None  # no summary.json
+
+
+def test_a_retriever_judged_by_search_gets_the_queries_alone():
+    name = "toy-retriever"
+    version = log_toy(name, "search-only", {"relevant": RELEVANT, "rank_of_relevant": 2})
+    set_alias(name, version, "challenger")
+    assert "candidates" not in request(SPLIT, by_search=True).columns
+    decision = _promote(name, by_search=True)
+    assert decision.promoted
+    assert decision.challenger_metrics["recip_rank_10"] == pytest.approx(0.5)
+    with pytest.raises(Exception, match="judge it by search"):
+        _promote(name, version=version)  # as a reranker it refuses: the path is the search

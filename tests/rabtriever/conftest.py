@@ -107,7 +107,7 @@ def indexed_rabtriever(make_rabtriever, toy) -> Rabtriever:
     with torch.no_grad():
         for param in retriever.predictor.parameters():
             param.add_(0.3 * torch.randn_like(param))
-    retriever.index_corpus(toy.corpus)
+    retriever.index(toy.corpus)
     return retriever
 
 

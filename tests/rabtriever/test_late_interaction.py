@@ -153,7 +153,7 @@ def test_maxsim_student_encodes_ranks_saves_and_loads(maxsim_student, toy, tiny_
     assert retriever.token_layers == LAYERS
     with torch.no_grad():
         retriever.predictor.features_out.weight.normal_()
-    retriever.index_corpus(toy.corpus, batch_size=4)
+    retriever.index(toy.corpus, batch_size=4)
     assert retriever.doc_tokens is not None and set(retriever.doc_tokens.states) == {2}
 
     # The answer state and the pooled vector of the query's own segment ("{query_label}:
@@ -188,8 +188,8 @@ def test_maxsim_student_encodes_ranks_saves_and_loads(maxsim_student, toy, tiny_
     scores = retriever.score(encoded, None, batch_size=5)
     assert len(set(scores.tolist())) == len(toy.corpus)  # documents matter
     best = sorted(zip(retriever.doc_ids, scores.tolist(), strict=True), key=lambda p: -p[1])
-    assert [d for d, _ in retriever.search(query, k=4)] == [d for d, _ in best[:4]]
-    ranked = retriever.rerank(query, ["n3", "d2", "d5"])
+    assert [d for d, _ in retriever.search({"q": query}, k=4)["q"]] == [d for d, _ in best[:4]]
+    ranked = retriever.rerank({"q": query}, {"q": ["n3", "d2", "d5"]})["q"]
     np.testing.assert_allclose([s for _, s in ranked], [dict(best)[d] for d, _ in ranked],
                                atol=1e-5)  # fmt: skip
 
@@ -198,7 +198,7 @@ def test_maxsim_student_encodes_ranks_saves_and_loads(maxsim_student, toy, tiny_
     assert {"doc_token_ids.npy", "doc_token_states_L2.npy", "doc_tokens.json"} <= names
     loaded = Rabtriever.load(tmp_path / "rab", model_path=tiny_model_master)
     assert torch.equal(loaded.predictor.idf, retriever.predictor.idf)
-    got = loaded.search(query, k=4)
+    got = loaded.search({"q": query}, k=4)["q"]
     assert [d for d, _ in got] == [d for d, _ in best[:4]]
     np.testing.assert_allclose([s for _, s in got], [s for _, s in best[:4]], atol=1e-5)
 
@@ -231,12 +231,12 @@ def test_a_longer_maxsim_cut_reads_more_of_each_document(make_rabtriever, maxsim
     torch.testing.assert_close(tokens.states[2][0, :shared], cut_tokens.states[2][0, :shared],
                                atol=2e-3, rtol=0)  # fmt: skip
 
-    longer.index_corpus({"long": long_text, **toy.corpus})
+    longer.index({"long": long_text, **toy.corpus})
     query = toy.queries["q1"]
     longer.save(tmp_path / "rab")
     loaded = Rabtriever.load(tmp_path / "rab", model_path=tiny_model_master)
     assert loaded.maxsim_doc_tokens == 2 * MAX_DOC_TOKENS and loaded.separate_token_pass
-    assert loaded.search(query, k=3) == longer.search(query, k=3)
+    assert loaded.search({"q": query}, k=3) == longer.search({"q": query}, k=3)
     # An index read at another cut is refused, not silently mixed.
     with pytest.raises(ValueError, match="maxsim_doc_tokens"):
         maxsim_student.load_index(tmp_path / "rab")

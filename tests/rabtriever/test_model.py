@@ -81,9 +81,9 @@ def test_untrained_student_scores_every_document_as_the_teacher_scores_the_query
     assert retriever.predictor.form == form
     if form == "maxsim":
         retriever.fit_idf(list(toy.corpus.values()))
-    retriever.index_corpus(toy.corpus)
+    retriever.index(toy.corpus)
     query = toy.queries["q0"]
-    scores = [s for _, s in retriever.search(query, k=len(toy.corpus))]
+    scores = [s for _, s in retriever.search({"q": query}, k=len(toy.corpus))["q"]]
     teacher = LLMReranker(teacher_model, tiny_tokenizer, template)
     prompt = teacher.prompts.build_query_prompt(query)
     ids, mask = left_pad([tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]], 0)
@@ -120,33 +120,38 @@ def test_document_embedding_pools_postnorm_states_of_the_document_tokens(
 def test_rerank_and_search_agree_with_score(make_rabtriever, toy):
     retriever = make_rabtriever()
     _perturb(retriever)
-    retriever.index_corpus(toy.corpus, batch_size=4)
+    retriever.index(toy.corpus, batch_size=4)
     query = toy.queries["q1"]
     q = retriever.encode_query(query)
     direct = retriever.score(q, None, batch_size=5)  # every indexed document, several chunks
     assert len(set(direct.tolist())) == len(toy.corpus)  # documents matter now
     best = sorted(zip(retriever.doc_ids, direct.tolist(), strict=True), key=lambda p: -p[1])
-    top = retriever.search(query, k=4, batch_size=3)
+    top = retriever.search({"q1": query}, k=4, batch_size=3)["q1"]
     assert [d for d, _ in top] == [d for d, _ in best[:4]]
     np.testing.assert_allclose([s for _, s in top], [s for _, s in best[:4]], atol=1e-5)
     candidates = ["n3", "d2", "d5"]
-    ranked = retriever.rerank(query, candidates)
+    ranked = retriever.rerank({"q1": query}, {"q1": candidates})["q1"]
     assert sorted(d for d, _ in ranked) == sorted(candidates)
     assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
     by_id = dict(best)
     np.testing.assert_allclose([s for _, s in ranked], [by_id[d] for d, _ in ranked], atol=1e-5)
     with pytest.raises(KeyError, match="not in the index"):
-        retriever.rerank(query, ["nope"])
-    run = retriever.search_run({"q1": query}, k=2)
+        retriever.rerank({"q1": query}, {"q1": ["nope"]})
+    # A batch answers each query as it would alone.
+    run = retriever.search({"q1": query, "q2": toy.queries["q2"]}, k=2)
     assert [d for d, _ in run["q1"]] == [d for d, _ in top[:2]]
+    assert run["q2"] == retriever.search({"x": toy.queries["q2"]}, k=2)["x"]
+    both = retriever.rerank({"q1": query, "q2": toy.queries["q2"]},
+                            {"q1": candidates, "q2": []})
+    assert both == {"q1": ranked, "q2": []}
 
 
 def test_save_load_round_trip(make_rabtriever, toy, tiny_model_master, tmp_path):
     retriever = make_rabtriever(pooling="last")
     _perturb(retriever, seed=1)
-    retriever.index_corpus(toy.corpus)
+    retriever.index(toy.corpus)
     query = toy.queries["q2"]
-    expected = retriever.search(query, k=5)
+    expected = retriever.search({"q": query}, k=5)["q"]
     retriever.save(tmp_path / "rab")
     names = sorted(p.name for p in (tmp_path / "rab").iterdir())
     assert names == [
@@ -166,7 +171,7 @@ def test_save_load_round_trip(make_rabtriever, toy, tiny_model_master, tmp_path)
     assert loaded.pooling == "last" and loaded.max_doc_tokens == MAX_DOC_TOKENS
     assert loaded.predictor.config == retriever.predictor.config
     assert loaded.doc_ids == retriever.doc_ids
-    got = loaded.search(query, k=5)
+    got = loaded.search({"q": query}, k=5)["q"]
     assert [d for d, _ in got] == [d for d, _ in expected]
     np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-5)
 

@@ -1,5 +1,5 @@
-"""The MLflow pyfunc round trip: log to a throwaway sqlite store, load, predict; the results are
-the Rabtriever's own."""
+"""The MLflow pyfunc round trip through the one wrapper (`components.serving`): log to a
+throwaway sqlite store, load, predict; the results are the Rabtriever's own."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.rabtriever.pyfunc import log_rabtriever_model
+from components.serving import OUTPUT_COLUMNS, log_ranker
 
 
 @pytest.fixture
@@ -33,27 +33,40 @@ def test_pyfunc_round_trip(tracking, indexed_rabtriever, toy, tiny_model_master,
     retriever.save_index(tmp_path / "index")
 
     with mlflow.start_run(experiment_id=experiment):
-        info = log_rabtriever_model(
-            "rabtriever", tiny_model_master, tmp_path / "rab", tmp_path / "index", k=3
-        )
+        info = log_ranker("rabtriever", {"base_model": tiny_model_master,
+                                         "rabtriever": tmp_path / "rab",
+                                         "doc_index": tmp_path / "index"},
+                          name="rabtriever", k=3)
     # Logged as code: no pickled python model anywhere in the logged files.
     local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl"))
     names = [p.name for p in Path(local).rglob("*")]
     assert "python_model.pkl" not in names and not any(n.endswith(".pkl") for n in names)
 
     model = mlflow.pyfunc.load_model(info.model_uri)
-    queries = [toy.queries["q0"], toy.queries["q3"]]
-    frame = pd.DataFrame({"query": queries, "candidates": [["d0", "n4", "d3"], None]})
+    queries = {"a": toy.queries["q0"], "b": toy.queries["q3"]}
+    # A rerank row (its documents are ignored: Rabtriever answers from its index) and a search.
+    frame = pd.DataFrame({"qid": ["a", "b"], "query": list(queries.values()),
+                          "candidates": [["d0", "n4", "d3"], None],
+                          "documents": [["ignored"] * 3, None]})
     out = model.predict(frame)
-    assert list(out.columns) == ["query", "doc_ids", "scores"] and len(out) == 2
+    assert list(out.columns) == OUTPUT_COLUMNS and len(out) == 6
 
-    reranked = retriever.rerank(queries[0], ["d0", "n4", "d3"])
-    assert list(out.loc[0, "doc_ids"]) == [d for d, _ in reranked]
-    np.testing.assert_allclose(list(out.loc[0, "scores"]), [s for _, s in reranked], atol=1e-5)
-    searched = retriever.search(queries[1], k=3)  # the logged default k
-    assert list(out.loc[1, "doc_ids"]) == [d for d, _ in searched]
-    np.testing.assert_allclose(list(out.loc[1, "scores"]), [s for _, s in searched], atol=1e-5)
+    def rows(qid):
+        part = out[out.qid == qid]
+        assert part["rank"].tolist() == list(range(1, len(part) + 1))
+        return part["docid"].tolist(), part["score"].tolist()
+
+    reranked = retriever.rerank({"a": queries["a"]}, {"a": ["d0", "n4", "d3"]})["a"]
+    docids, scores = rows("a")
+    assert docids == [d for d, _ in reranked]
+    np.testing.assert_allclose(scores, [s for _, s in reranked], atol=1e-5)
+    searched = retriever.search({"b": queries["b"]}, k=3)["b"]  # the logged default k
+    docids, scores = rows("b")
+    assert docids == [d for d, _ in searched]
+    np.testing.assert_allclose(scores, [s for _, s in searched], atol=1e-5)
 
     # Without a candidates column every query searches; params override the depth.
-    deeper = model.predict(pd.DataFrame({"query": queries[1:]}), params={"k": 5})
-    assert list(deeper.loc[0, "doc_ids"]) == [d for d, _ in retriever.search(queries[1], k=5)]
+    deeper = model.predict(pd.DataFrame({"query": [queries["b"]]}), params={"k": 5})
+    assert deeper["qid"].unique().tolist() == ["0"]
+    deepest = retriever.search({"b": queries["b"]}, k=5)["b"]
+    assert deeper["docid"].tolist() == [d for d, _ in deepest]

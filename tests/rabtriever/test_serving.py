@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from components.rabtriever.pyfunc import log_rabtriever_model
 from components.registry import set_alias
+from components.serving import log_ranker
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +49,9 @@ def test_registered_rabtriever_is_served_over_rest(indexed_rabtriever, toy, tiny
     retriever.save(tmp_path / "rab")
     name = "rabtriever-serving-test"
     with mlflow.start_run():
-        info = log_rabtriever_model(name, tiny_model_master, tmp_path / "rab", k=3,
-                                    registered_model_name=name)
+        info = log_ranker("rabtriever", {"base_model": tiny_model_master,
+                                         "rabtriever": tmp_path / "rab"},
+                          name=name, k=3, registered_model_name=name)
     set_alias(name, info.registered_model_version, "challenger")
 
     port = _free_port()
@@ -70,8 +71,9 @@ def test_registered_rabtriever_is_served_over_rest(indexed_rabtriever, toy, tiny
         except (RuntimeError, TimeoutError) as exc:
             raise AssertionError(f"{exc}; server log:\n{log_path.read_text()[-3000:]}") from None
         query = toy.queries["q0"]
-        body = {"dataframe_split": {"columns": ["query", "candidates"],
-                                    "data": [[query, ["d0", "n4", "d3"]]]}}
+        body = {"dataframe_split": {"columns": ["qid", "query", "candidates"],
+                                    "data": [["q0", query, ["d0", "n4", "d3"]],
+                                             ["q1", query, None]]}}
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"})
@@ -82,6 +84,10 @@ def test_registered_rabtriever_is_served_over_rest(indexed_rabtriever, toy, tiny
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
         log.close()
-    expected = retriever.rerank(query, ["d0", "n4", "d3"])
-    assert predictions[0]["doc_ids"] == [d for d, _ in expected]
-    assert predictions[0]["scores"] == pytest.approx([s for _, s in expected], abs=1e-4)
+    reranked = retriever.rerank({"q0": query}, {"q0": ["d0", "n4", "d3"]})["q0"]
+    searched = retriever.search({"q1": query}, k=3)["q1"]
+    got = {qid: [p for p in predictions if p["qid"] == qid] for qid in ("q0", "q1")}
+    for qid, expected in (("q0", reranked), ("q1", searched)):
+        assert [p["rank"] for p in got[qid]] == list(range(1, len(expected) + 1))
+        assert [p["docid"] for p in got[qid]] == [d for d, _ in expected]
+        assert [p["score"] for p in got[qid]] == pytest.approx([s for _, s in expected], abs=1e-4)

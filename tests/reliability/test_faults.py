@@ -149,7 +149,8 @@ def project(repo_copy, prefect_api) -> Project:
 
 
 def _latest_step(folder: Path) -> int:
-    """Step of the checkpoint `folder/*/latest` or `folder/latest` names (0: none)."""
+    """Step of the checkpoint `folder/*/latest` or `folder/latest` names (0: none): every
+    trainer's checkpoints are the training loop's, a DeepSpeed `latest` naming `stepNNNNNNNN`."""
     for latest in [*folder.glob("*/latest"), folder / "latest"]:
         try:
             return int(latest.read_text().strip().removeprefix("step"))
@@ -163,11 +164,12 @@ def _teacher_progress(root: Path, since: float) -> int:
 
 
 def _jepa_progress(root: Path, since: float) -> int:
-    # The checkpoint folder is replaced whole (atomic_path); its hidden tmp twin is not one yet.
+    """Epochs done, from the loop state of the checkpoint `latest` names (one every epoch)."""
     folder = root / "outputs" / MINI / "checkpoints" / "rabtriever"
-    for state in folder.glob("[!.]*/trainer_state.json"):
+    for latest in folder.glob("*/latest"):
         try:
-            return json.loads(state.read_text())["epoch"]
+            tag = latest.read_text().strip()
+            return json.loads((latest.parent / tag / "loop_state.json").read_text())["epoch"]
         except (OSError, ValueError, KeyError):
             continue
     return 0

@@ -112,7 +112,7 @@ def test_servers_and_rendezvous_bind_loopback(monkeypatch):
     # The temporary Prefect server the pipeline starts, and DeepSpeed's rendezvous.
     from prefect.server.api.server import SubprocessASGIServer
 
-    from components.teacher.training import ensure_distributed_env
+    from components.training.engine import ensure_distributed_env
 
     assert SubprocessASGIServer(port=0).address.startswith("http://127.0.0.1:")
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):

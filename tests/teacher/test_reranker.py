@@ -1,5 +1,5 @@
 """LLMReranker: scores against an independent full-logits computation, bucketing invariance,
-answer-position states, reranking."""
+answer-position states, reranking (the `Ranker` interface)."""
 
 from __future__ import annotations
 
@@ -61,13 +61,22 @@ def test_pair_states_are_what_the_lm_head_consumes(reranker):
     assert states.topk_ids.shape == (len(PAIRS), 5)
 
 
-def test_rerank_sorts_candidates_by_score(reranker):
-    candidates = [(f"doc{i}", doc) for i, (doc, _) in enumerate(PAIRS)]
-    ranked = reranker.rerank("Aspirin helps the heart.", candidates, batch_size=2)
-    assert sorted(docid for docid, _ in ranked) == sorted(docid for docid, _ in candidates)
-    scores = [score for _, score in ranked]
-    assert scores == sorted(scores, reverse=True)
-    assert reranker.rerank("q", []) == []
+def test_rerank_scores_the_indexed_texts_of_each_query_and_cannot_search(reranker):
+    reranker.index({f"doc{i}": doc for i, (doc, _) in enumerate(PAIRS)})
+    queries = {"a": "Aspirin helps the heart.", "b": "Sleep helps memory.", "c": "q"}
+    candidates = {"a": ["doc0", "doc1", "doc2"], "b": ["doc4", "doc3"], "c": []}
+    run = reranker.rerank(queries, candidates, batch_size=2)
+    assert run["c"] == []
+    for qid in ("a", "b"):
+        alone = reranker.score_pairs([(PAIRS[int(d[3:])][0], queries[qid])
+                                      for d in candidates[qid]])  # fmt: skip
+        expected = sorted(zip(candidates[qid], alone.tolist(), strict=True), key=lambda p: -p[1])
+        assert [d for d, _ in run[qid]] == [d for d, _ in expected]
+        np.testing.assert_allclose([s for _, s in run[qid]], [s for _, s in expected], atol=1e-5)
+    with pytest.raises(KeyError, match="no text"):
+        reranker.rerank({"a": "q"}, {"a": ["unknown"]})
+    with pytest.raises(NotImplementedError, match="reranks candidates only"):
+        reranker.search(queries, k=3)
 
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU without native bf16")

@@ -12,7 +12,8 @@ from components.config import ParamsError
 from components.llm.prompts import PromptTemplate
 from components.teacher.data import build_groups, toy_retrieval_data
 from components.teacher.reranker import LLMReranker
-from components.teacher.training import build_deepspeed_config, train_teacher
+from components.teacher.training import DEFAULT_DEEPSPEED_CONFIG, loop_settings, train_teacher
+from components.training.engine import deepspeed_config, read_config
 from components.training.loop import warmup_linear_decay
 from tests.helpers import section
 
@@ -127,12 +128,16 @@ def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, tmp_path):
 def test_deepspeed_config_from_json_with_overrides():
     params = section("teacher", micro_batch_groups=2, global_batch_groups=8, zero_stage=3,
                      lr=3e-4)
-    config = build_deepspeed_config(params, world_size=2, cuda=False, grad_accum=2)
+    base = read_config(DEFAULT_DEEPSPEED_CONFIG)
+    config = deepspeed_config(loop_settings(params, cuda=False), 2, grad_accum=2, base=base)
     assert config["train_batch_size"] == 8 and config["gradient_accumulation_steps"] == 2
-    assert config["zero_optimization"]["stage"] == 3
-    assert config["optimizer"]["params"]["lr"] == 3e-4 and config["bf16"]["enabled"] is False
-    assert "scheduler" not in config and not any(k.startswith("_") for k in config)
-    assert build_deepspeed_config(params, 1, cuda=True, grad_accum=4)["bf16"]["enabled"]
+    assert config["zero_optimization"]["stage"] == 3 and config["bf16"]["enabled"] is False
+    assert config["gradient_clipping"] == 1.0  # the JSON's: the teacher section has none
+    assert loop_settings(params, cuda=False).lr == 3e-4  # AdamW is the loop's client optimizer
+    assert "optimizer" not in config and "scheduler" not in config
+    assert not any(k.startswith("_") for k in config)
+    on_gpu = deepspeed_config(loop_settings(params, cuda=True), 1, grad_accum=4, base=base)
+    assert on_gpu["bf16"]["enabled"]
     with pytest.raises(ParamsError, match="teacher.zero_stage"):  # the schema's bounds: 0-3
         section("teacher", zero_stage=4)
 
