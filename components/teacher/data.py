@@ -114,12 +114,6 @@ def global_batches(n_groups: int, epoch: int, seed: int, global_batch: int) -> l
     return [order[s * global_batch : (s + 1) * global_batch] for s in range(steps)]
 
 
-def shard_for_rank(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
-    """This rank's contiguous share of a global batch (the caller checks divisibility)."""
-    per_rank = len(batch) // world_size
-    return list(batch[rank * per_rank : (rank + 1) * per_rank])
-
-
 TOY_TOPICS = (
     "apple",
     "river",

@@ -160,7 +160,7 @@ def train(model: nn.Module, task: Task, settings: LoopSettings,
             batches = _batches(task, engine.module, epoch, seed, settings.batch_size)
         t0 = time.perf_counter()
         lr = engine.get_lr()[0]
-        local = _shard(batches[position], rank, world)
+        local = shard_for_rank(batches[position], rank, world)
         chunks = [local[i : i + micro] for i in range(0, len(local), micro)]
         if len(chunks) != grad_accum:
             raise ValueError(f"a batch of {len(batches[position])} examples does not split into "
@@ -202,8 +202,8 @@ def _batches(task, model: nn.Module, epoch: int, seed: int, batch_size: int) -> 
     return epoch_batches(len(task), epoch, seed, batch_size)
 
 
-def _shard(batch: list[int], rank: int, world: int) -> list[int]:
-    """This rank's contiguous share of a batch."""
+def shard_for_rank(batch: list[int], rank: int, world: int) -> list[int]:
+    """This rank's contiguous share of a batch (the last ranks' may be shorter)."""
     per_rank = -(-len(batch) // world)
     return batch[rank * per_rank : (rank + 1) * per_rank]
 

@@ -1,4 +1,4 @@
-"""Training groups from qrels + a BM25 run; seeded epoch order and rank sharding."""
+"""Training groups from qrels + a BM25 run; seeded epoch order (rank sharding: tests/training)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from components.teacher.data import (
     document_text,
     epoch_order,
     global_batches,
-    shard_for_rank,
     toy_retrieval_data,
 )
 
@@ -59,12 +58,6 @@ def test_epoch_order_is_a_seeded_permutation():
     assert epoch_order(50, 0, 3) != epoch_order(50, 1, 3)
     batches = global_batches(10, epoch=0, seed=0, global_batch=4)
     assert [len(b) for b in batches] == [4, 4]  # the partial batch is dropped
-
-
-def test_rank_shards_partition_the_global_batch():
-    batch = global_batches(16, epoch=2, seed=0, global_batch=8)[0]
-    shards = [shard_for_rank(batch, rank, 2) for rank in range(2)]
-    assert shards[0] + shards[1] == batch
 
 
 def test_toy_data_has_distractor_hard_negatives():

@@ -12,7 +12,7 @@ from torch import nn
 
 from components.training.checkpoint import LOOP_STATE
 from components.training.engine import deepspeed_config, read_config
-from components.training.loop import LoopSettings, seed_everything, train
+from components.training.loop import LoopSettings, seed_everything, shard_for_rank, train
 
 torch.set_num_threads(2)
 
@@ -130,3 +130,9 @@ def test_deepspeed_config_fills_the_run_values_into_the_json():
     assert deepspeed_config(clipped, 1, 1)["gradient_clipping"] == 0.25
     with pytest.raises(ValueError, match="optimizer"):
         deepspeed_config(clipped, 1, 1, {"optimizer": {"type": "Adam"}})
+
+
+def test_rank_shards_partition_the_batch():
+    batch = list(range(10, 18))
+    assert [shard_for_rank(batch, rank, 2) for rank in range(2)] == [batch[:4], batch[4:]]
+    assert sum((shard_for_rank(batch[:7], r, 2) for r in range(2)), []) == batch[:7]
