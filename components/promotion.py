@@ -35,6 +35,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from components.evaluation.metrics import mean_metrics, per_query_metrics
 from components.evaluation.significance import compare
@@ -194,13 +195,24 @@ def promote(name: str, split: PromotionSplit, primary: str, metrics: list[str],
         elif champion_version == challenger_version:
             decision.reason = "this version already is the champion"
         else:
-            champion, cached = evaluate_version(name, champion_version, split, metrics,
-                                                by_search)
-            _store_evaluation(name, champion_version, split, champion, cached,
-                              run.info.run_id, by_search)
-            decision.champion_metrics = mean_metrics(champion)
-            decision.promoted, decision.reason, decision.p_values = decide(
-                challenger, champion, primary, metrics, alpha, test)
+            try:
+                champion, cached = evaluate_version(name, champion_version, split, metrics,
+                                                    by_search)
+            except MlflowException as exc:
+                # The challenger, asked the same way, just answered: a champion that cannot
+                # even be loaded was logged by code this repository no longer has (an older
+                # pyfunc format). It cannot be served here, so the challenger replaces it.
+                decision.promoted = True
+                decision.reason = (f"champion v{champion_version} no longer loads "
+                                   f"({str(exc).splitlines()[0][:200]}); the challenger "
+                                   f"replaces it")
+                champion = None
+            if champion is not None:
+                _store_evaluation(name, champion_version, split, champion, cached,
+                                  run.info.run_id, by_search)
+                decision.champion_metrics = mean_metrics(champion)
+                decision.promoted, decision.reason, decision.p_values = decide(
+                    challenger, champion, primary, metrics, alpha, test)
         decision.run_id = run.info.run_id
         mlflow.set_tags({"verdict": decision.verdict, "reason": decision.reason})
         mlflow.log_params({"primary": primary, "alpha": alpha, "test": test,

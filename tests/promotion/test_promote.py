@@ -147,3 +147,29 @@ def test_a_retriever_judged_by_search_gets_the_queries_alone():
     assert decision.challenger_metrics["recip_rank_10"] == pytest.approx(0.5)
     with pytest.raises(Exception, match="judge it by search"):
         _promote(name, version=version)  # as a reranker it refuses: the path is the search
+
+
+def test_a_champion_that_no_longer_loads_is_replaced_by_the_challenger(tmp_path, monkeypatch):
+    """A champion logged by code this repository no longer has (an older pyfunc format): its
+    wrapper's module exists while it is logged, and is gone when promotion loads it."""
+    import sys
+
+    name = "toy-stale"
+    (tmp_path / "gone_wrapper.py").write_text(
+        "import mlflow\n\nclass Gone(mlflow.pyfunc.PythonModel):\n"
+        "    def predict(self, context, model_input, params=None):\n        return model_input\n")
+    script = tmp_path / "gone_model.py"
+    script.write_text("import mlflow\nfrom gone_wrapper import Gone\n"
+                      "mlflow.models.set_model(Gone())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(name="model", python_model=str(script),
+                                registered_model_name=name)
+    monkeypatch.undo()
+    (tmp_path / "gone_wrapper.py").unlink()
+    sys.modules.pop("gone_wrapper", None)
+    set_alias(name, "1", "champion")
+    challenger = _register(name, rank_of_relevant=3)
+    decision = _promote(name)
+    assert decision.promoted and "no longer loads" in decision.reason, decision.reason
+    assert version_of(name, "champion") == challenger
