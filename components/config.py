@@ -168,6 +168,7 @@ class RabtrieverParams(Section):
     maxsim_layers: list[int] = Field(min_length=1)
     maxsim_doc_tokens: int | None = Field(ge=8)  # None: the teacher's cut
     predictor_width: int = Field(ge=8)
+    predictor_dropout: float = Field(ge=0, lt=1)
     predictor_depth: int = Field(ge=1)
     pooling: Literal["mean", "last"]
     epochs: int = Field(ge=1)
@@ -180,6 +181,7 @@ class RabtrieverParams(Section):
     grad_clip: float = Field(ge=0)  # 0 = off
     jepa_form: Literal["kl", "smooth_l1"]
     jepa_temperature: float = Field(gt=0)
+    smooth_l1_beta: float = Field(gt=0)
     jepa_normalize: Literal["layer", "l2"]
     rkl_temperature: float = Field(gt=0)
     rkl_top_k: int = Field(ge=0)
@@ -200,6 +202,16 @@ class DGRParams(Section):
     latency_queries: int = Field(ge=1)
     semantic_dims: int = Field(ge=2)
     ngram_words: int = Field(ge=1)
+    ngram_max_words: int = Field(ge=1)
+    title_max_words: int = Field(ge=1)
+    span_words: int = Field(ge=1)
+    terms_count: int = Field(ge=1)
+    semantic_branching: int = Field(ge=2)
+    semantic_leaf_size: int = Field(ge=1)
+    semantic_max_depth: int = Field(ge=1)
+    targets_per_passage: int = Field(ge=1)
+    indexing_examples: bool
+    normalize_views: bool
     teacher_run: str
     train_mode: Literal["full", "top_layers"]
     top_layers: int = Field(ge=1)
@@ -243,6 +255,7 @@ class BiEncoderParams(Section):
     mining_depth: int = Field(ge=1)
     temperature: float = Field(gt=0)
     max_doc_tokens: int = Field(ge=8)
+    max_query_tokens: int = Field(ge=8)
     checkpoint_every: int = Field(ge=1)
     keep_checkpoints: int = Field(ge=1)
     full_k: int = Field(ge=1)

@@ -74,7 +74,8 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
         if not groups:
             raise StageFailed("no training groups: no training query has a relevant document")
         encoder = BiEncoder(load_causal_lm(layout.base_model), load_tokenizer(layout.base_model),
-                            max_doc_tokens=cfg.max_doc_tokens, bf16=cfg.bf16)
+                            max_doc_tokens=cfg.max_doc_tokens,
+                            max_query_tokens=cfg.max_query_tokens, bf16=cfg.bf16)
         # Checkpoints (not a DVC output) resume only a run with the same settings and data.
         checkpoints = layout.checkpoints("biencoder") / run_key(
             {"biencoder": cfg.model_dump(), "seed": params.seed, "data": params.data.model_dump(),

@@ -92,8 +92,13 @@ def dgr(params_path: str = "params.yaml") -> dict:
         started = time.perf_counter()
         embeddings = tfidf_embeddings(corpus, doc_ids, cfg.semantic_dims, params.seed)
         index = build_identifier_index(
-            corpus, IdentifierParams(views=tuple(cfg.views), ngram_words=cfg.ngram_words,
-                                         seed=params.seed),
+            corpus, IdentifierParams(
+                views=tuple(cfg.views), ngram_words=cfg.ngram_words,
+                ngram_max_words=cfg.ngram_max_words, title_max_words=cfg.title_max_words,
+                span_words=cfg.span_words, terms_count=cfg.terms_count,
+                semantic_branching=cfg.semantic_branching,
+                semantic_leaf_size=cfg.semantic_leaf_size,
+                semantic_max_depth=cfg.semantic_max_depth, seed=params.seed),
             embeddings=embeddings, doc_ids=doc_ids)
         tokenizer = load_tokenizer(layout.base_model)
         trie = build_trie(index, tokenizer)
@@ -110,7 +115,8 @@ def dgr(params_path: str = "params.yaml") -> dict:
         train_qids = [q for q in teacher_run if q in qrels]
         if not train_qids:
             raise StageFailed(f"the {cfg.teacher_run} run has no {train_split} queries")
-        examples = stage1_examples(queries, qrels, corpus, index, indexing=True)
+        examples = stage1_examples(queries, qrels, corpus, index, indexing=cfg.indexing_examples,
+                                   limit=cfg.targets_per_passage)
         metrics = {"passages": len(doc_ids), "stage1_examples": len(examples)}
 
         def logger(prefix):
@@ -138,6 +144,7 @@ def dgr(params_path: str = "params.yaml") -> dict:
 
         # Decoding reads queries as training did (same token cut, same chat template).
         config = RetrieverConfig(view_weights=dict(cfg.view_weights), batch_size=cfg.batch_size,
+                                 normalize=cfg.normalize_views,
                                  max_query_tokens=cfg.max_query_tokens,
                                  use_chat_template=cfg.use_chat_template, bf16=cfg.bf16)
         # Decoding is the slow part on CPU: the first `dgr.eval_queries` of each evaluated set.

@@ -163,6 +163,7 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
             retriever.model.config.hidden_size,
             width=cfg.predictor_width,
             depth=cfg.predictor_depth,
+            dropout=cfg.predictor_dropout,
             form=cfg.predictor_form,
             layers=cfg.maxsim_layers,
             vocab_size=retriever.model.get_input_embeddings().num_embeddings,

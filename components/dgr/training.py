@@ -91,9 +91,11 @@ def stage1_examples(
     index: IdentifierIndex,
     views: Sequence[str] | None = None,
     indexing: bool = True,
+    limit: int = 2,
 ) -> list[GRExample]:
     """Query examples for every relevant (grade > 0) passage, plus one indexing example per
-    passage and identifier, in `views` (default: all views of the index)."""
+    passage and identifier, in `views` (default: all views of the index); at most `limit`
+    identifiers per view and passage (`dgr.targets_per_passage`)."""
     views = list(views) if views is not None else index.views
     examples = []
     for qid, judged in qrels.items():
@@ -104,7 +106,7 @@ def stage1_examples(
                 examples += [
                     GRExample(queries[qid], view, identifier, "query")
                     for view in views
-                    for identifier in index.targets(view, doc_id, query=queries[qid])
+                    for identifier in index.targets(view, doc_id, query=queries[qid], limit=limit)
                 ]
     if indexing:
         for doc_id, doc in corpus.items():
@@ -112,7 +114,7 @@ def stage1_examples(
             examples += [
                 GRExample(text, view, identifier, "index")
                 for view in views
-                for identifier in index.targets(view, doc_id)
+                for identifier in index.targets(view, doc_id, limit=limit)
             ]
     return examples
 

@@ -242,6 +242,7 @@ def _step_losses(
         form=params.jepa_form,
         temperature=params.jepa_temperature,
         normalize=params.jepa_normalize,
+        beta=params.smooth_l1_beta,
     )
     rkl = reverse_kl(
         scorer.vocab_logits(pred),

@@ -81,10 +81,10 @@ def write_mini_scifact(source: Path, dest: Path, seed: int = 0) -> None:
         (dest / "qrels" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
 
 
-def make_project_copy(root: Path, profile: str = "") -> Path:
+def make_project_copy(root: Path) -> Path:
     """A committed copy of the work tree at `root` with the bundled data pulled, the mini
     dataset beside it (untracked) and params.yaml set to the small test profile (the
-    `repo_copy` fixture of tests/conftest.py), over a shipped profile when one is named."""
+    `repo_copy` fixture of tests/conftest.py)."""
     root.mkdir()
     copy_worktree(root)
     run(["git", "init", "-q", "-b", "main"], root)
@@ -96,8 +96,6 @@ def make_project_copy(root: Path, profile: str = "") -> Path:
     run(["dvc", "pull", "--quiet", *bundled], root)
     write_mini_scifact(root / "data/raw/scifact", root / "data/raw" / MINI)
     tiny = build_tiny_model(root / "tiny-llm")
-    if profile:  # as a user applies it; the test profile then only shrinks sizes
-        run(["python", "-m", "components.profiles", profile], root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     apply_test_profile(params, tiny)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
