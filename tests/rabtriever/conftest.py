@@ -1,4 +1,4 @@
-"""Rabtriever fixtures: the tiny 2-layer Llama of tests/models (real SmolLM2 tokenizer), a toy
+"""Rabtriever fixtures: the tiny 2-layer Llama of tests/conftest.py (real SmolLM2 tokenizer), a toy
 collection, and the tiny teacher's outputs on it, cached once per session as the real pipeline
 caches the trained teacher's. Students get the shipped predictor form (`params.yaml`:
 `rabtriever.predictor_form: maxsim`); tests of the other forms build theirs explicitly."""
