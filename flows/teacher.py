@@ -21,6 +21,7 @@ from components.config import load_params
 from components.layout import Layout
 from components.llm.prompts import TEMPLATES_PATH
 from components.serving import log_ranker
+from components.teacher.curve import LOG_NAME, TrainingCurve
 from components.teacher.training import StepMetrics, TrainResult, train_teacher
 from flows._stage import StageFailed, run_cli, stage_flow
 from flows.teacher_worker import (
@@ -86,19 +87,28 @@ def teacher_stage(params_path: str = "params.yaml") -> str:
         mlflow.log_params({"train_groups": len(groups), "template_version": template.version})
         mlflow.log_dict(template.to_dict(), "prompt_template.json")
 
+        if inputs.dev is not None:
+            print(f"dev curve: {len(inputs.dev.queries)} held-out dev queries x BM25 top "
+                  f"{inputs.dev.depth}, every {cfg.curve_every} steps")
+        curve = TrainingCurve(inputs.checkpoints / LOG_NAME)
+
         def log_step(step: StepMetrics) -> None:
             mlflow.log_metrics({"loss": step.loss, "lr": step.lr,
-                                "tokens_per_s": step.tokens_per_s}, step=step.step)
+                                "tokens_per_s": step.tokens_per_s, **step.dev}, step=step.step)
+            curve.add(step)
+            dev = "".join(f" {k} {v:.4f}" for k, v in step.dev.items())
             print(f"step {step.step}/{step.total_steps} loss {step.loss:.4f} "
-                  f"lr {step.lr:.2e} {step.tokens_per_s:.0f} tok/s {step.elapsed_s:.0f}s")
+                  f"lr {step.lr:.2e} {step.tokens_per_s:.0f} tok/s {step.elapsed_s:.0f}s{dev}")
 
         if params.distributed.num_processes > 1:
             result = train_launched(params, params_path, log_step)
         else:
             result = train_teacher(layout.base_model, groups, template, cfg, inputs.checkpoints,
-                                   layout.teacher_model, on_step=log_step, seed=params.seed)
+                                   layout.teacher_model, on_step=log_step, seed=params.seed,
+                                   dev_sample=inputs.dev)
         if not result.completed:
             raise StageFailed(f"training stopped at step {result.steps}/{result.total_steps}")
+        mlflow.log_artifact(str(curve.write_csv(layout.teacher_curve)))
         mlflow.log_metrics({"final_loss": result.losses[-1] if result.losses else float("nan"),
                             "steps": result.steps})
         info = log_ranker("teacher", {"model": layout.teacher_model, "template": TEMPLATES_PATH},

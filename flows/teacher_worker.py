@@ -34,12 +34,13 @@ from components.config import Params, load_params
 from components.data.beir import load_beir
 from components.data.judgements import read_judgements
 from components.data.sampling import sample_query_ids
-from components.data.splits import QuerySplits
+from components.data.splits import HELDOUT, QuerySplits
 from components.layout import Layout, run_key
 from components.llm.prompts import PromptTemplate
 from components.runs import read_trec_run
 from components.settings import repo_root
-from components.teacher.data import TrainingGroup, build_groups
+from components.teacher.data import TrainingGroup, build_groups, document_text
+from components.teacher.dev_curve import DevSample, dev_query_ids
 from components.teacher.training import StepMetrics, TrainResult
 
 STEP_PREFIX = "teacher-step "
@@ -49,7 +50,9 @@ LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"
 
 def run_fingerprint(params: Params, data_hash: str) -> str:
     """Checkpoints are only resumed by a run with the same settings and data."""
-    return run_key({"teacher": params.teacher.model_dump(), "seed": params.seed,
+    # The dev curve's knobs change what is reported, not what is trained.
+    teacher = params.teacher.model_dump(exclude={"curve_every", "curve_queries"})
+    return run_key({"teacher": teacher, "seed": params.seed,
                     "base": params.base_model.model_dump(), "data": data_hash,
                     "train_queries": params.data.train_queries,
                     "dev": [params.data.dev_queries, params.data.dev_max_share]})
@@ -60,6 +63,7 @@ class TrainingInputs:
     groups: list[TrainingGroup]
     template: PromptTemplate
     checkpoints: Path
+    dev: DevSample | None  # what the dev curve reranks (None: no held-out dev queries here)
 
 
 def training_inputs(params: Params) -> TrainingInputs:
@@ -78,7 +82,26 @@ def training_inputs(params: Params) -> TrainingInputs:
                           n_negatives=cfg.negatives, depth=cfg.mining_depth, seed=params.seed)
     checkpoints = layout.teacher_checkpoints / run_fingerprint(
         params, tracking.dvc_data_hash(train_dir))
-    return TrainingInputs(groups, PromptTemplate.load(cfg.task), checkpoints)
+    return TrainingInputs(groups, PromptTemplate.load(cfg.task), checkpoints,
+                          dev_sample(params, splits, dataset))
+
+
+def dev_sample(params: Params, splits: QuerySplits, dataset) -> DevSample | None:
+    """`teacher.curve_queries` held-out dev queries with BM25's top `rank_lists.depth` (the
+    rerank the `rank_lists` stage evaluates), or None when the dataset has no dev split over its
+    own corpus (it trains on another dataset) or the curve is off."""
+    qids = dev_query_ids(splits.dev_evaluated, params.teacher.curve_queries)
+    if not qids or not params.teacher.curve_every:
+        return None
+    layout = Layout(params.data.name)
+    run, _ = read_trec_run(layout.run_dir("bm25") / f"{HELDOUT}.trec")
+    depth = params.rank_lists.depth
+    candidates = {q: list(run.get(q, ()))[:depth] for q in qids}
+    corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
+    texts = {d: document_text(corpus[d]) for hits in candidates.values() for d, _ in hits}
+    qrels = read_judgements(params.data.dataset_dir(), splits.train_split, qids)
+    return DevSample({q: queries[q] for q in qids}, candidates, texts, qrels,
+                     params.evaluate.primary, depth)
 
 
 def free_port() -> int:
@@ -141,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     result: TrainResult = train_teacher(layout.base_model, inputs.groups, inputs.template,
                                         params.teacher, inputs.checkpoints,
                                         layout.teacher_model, on_step=report_step,
-                                        seed=params.seed)
+                                        seed=params.seed, dev_sample=inputs.dev)
     if rank == 0:
         write_text_atomic(Path(args.result), json.dumps(
             {**asdict(result), "output_dir": str(result.output_dir or "")}))

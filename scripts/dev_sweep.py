@@ -10,7 +10,9 @@ the copy; the workspace, its registry and `params.yaml` are not touched). Each v
 of `--systems` are then scored on the held-out dev queries only (`heldout`, see
 components/data/splits.py), never on test: the table gives the primary metric, the difference
 from the first value with its paired test (Holm-corrected over the values) and per-query
-win/tie/loss. The first value should be the current default.
+win/tie/loss. The first value should be the current default; with `--reference current` the
+default run's own dev runs (copied, not rerun) are the reference row instead, which saves
+rerunning the default when its outputs are up to date (`dvc status` clean).
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", required=True, help="run folders to score")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--scratch", type=Path, default=ROOT / ".run" / "sweep")
+    parser.add_argument("--reference", choices=["first", "current"], default="first",
+                        help="first: the first value is rerun and is the reference; current: "
+                             "the default run's outputs (as copied) are the reference")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -96,13 +101,19 @@ def main() -> None:
     layout = Layout(params.data.name, root=scratch)
     raw = yaml.safe_load(args.params.read_text(encoding="utf-8"))
     scores: dict[tuple[str, str], dict[str, float]] = {}
-    for value in args.values:
+    values_rerun = list(args.values)
+    values = values_rerun
+    if args.reference == "current":
+        for system in args.systems:
+            scores[("current", system)] = dev_scores(layout, system, qrels, metric)
+        values = ["current", *values_rerun]
+    for value in values_rerun:
         node = raw
         *parents, leaf = args.key.split(".")
         for part in parents:
             node = node[part]
         node[leaf] = value
-        params_file = scratch / f"params-{len(scores)}.yaml"
+        params_file = scratch / f"params-{values_rerun.index(value)}.yaml"
         params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
         load_params(params_file)  # a bad value fails here, naming the key
         print(f"{args.key} = {value!r}: running {', '.join(args.stages)}", flush=True)
@@ -111,7 +122,7 @@ def main() -> None:
             scores[(str(value), system)] = dev_scores(layout, system, qrels, metric)
 
     label = METRIC_LABELS.get(metric, metric)
-    base = str(args.values[0])
+    base = str(values[0])
     print(f"\n{args.key} on the held-out dev queries ({len(qrels)} queries, {label}; "
           f"difference and paired {params.evaluate.test} against {args.key} = {base}, "
           "Holm-corrected over the values)\n")
@@ -119,7 +130,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for system in args.systems:
         reference = scores[(base, system)]
-        others = [str(v) for v in args.values[1:]]
+        others = [str(v) for v in values[1:]]
         tests = [compare(scores[(v, system)], reference, method=params.evaluate.test)
                  for v in others]
         adjusted = dict(zip(others, holm([p for p, _ in tests]), strict=True))

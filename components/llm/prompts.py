@@ -174,8 +174,11 @@ def split_chat_template(tokenizer, system: str | None) -> tuple[str, str]:
             messages, tokenize=False, add_generation_prompt=True
         )
     else:
-        # Base models without a chat template: a plain layout with the same segments.
-        rendered = (f"{system}\n\n" if system else "") + _PLACEHOLDER + "\nAnswer: "
+        # Base models without a chat template: a plain layout with the same segments, after
+        # the BOS token the model was pretrained with (Gemma degrades badly without it). The
+        # prompt ends at "Answer:", so the answer word comes with its leading space.
+        bos = tokenizer.bos_token or ""
+        rendered = bos + (f"{system}\n\n" if system else "") + _PLACEHOLDER + "\nAnswer:"
     if rendered.count(_PLACEHOLDER) != 1:
         raise ValueError("the chat template must place the user message exactly once")
     prefix, suffix = rendered.split(_PLACEHOLDER)
@@ -196,7 +199,10 @@ def resolve_answer_token_ids(tokenizer, template: PromptTemplate) -> AnswerToken
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     resolved = []
     for answer in (template.positive_answer, template.negative_answer):
-        full_ids = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+        # After a chat template's assistant header (ending in a newline) the answer is the bare
+        # word; after the plain layout's "Answer:" it is the word with its leading space.
+        spoken = answer if prompt[-1:].isspace() else " " + answer
+        full_ids = tokenizer(prompt + spoken, add_special_tokens=False)["input_ids"]
         extra = full_ids[len(prompt_ids) :]
         if full_ids[: len(prompt_ids)] != prompt_ids or len(extra) != 1:
             pieces = tokenizer.convert_ids_to_tokens(extra)

@@ -31,6 +31,7 @@ from components.llm.padding import left_pad
 from components.llm.precision import bf16_available
 from components.llm.prompts import PromptBuilder, PromptTemplate, resolve_answer_token_ids
 from components.teacher.data import TrainingGroup, global_batches
+from components.teacher.dev_curve import DevCurve, DevSample
 from components.teacher.loss import listwise_ce
 from components.teacher.reranker import AnswerTokens, answer_logits, yes_no_score
 from components.training import loop
@@ -51,6 +52,7 @@ class StepMetrics:
     lr: float  # learning rate used for this step
     tokens_per_s: float  # non-padding tokens, all ranks, forward+backward+step
     elapsed_s: float
+    dev: dict[str, float] = field(default_factory=dict)  # the dev curve's point, on its steps
 
 
 @dataclass
@@ -161,12 +163,15 @@ def train_teacher(
     *,
     seed: int,
     deepspeed_config: str | Path = DEFAULT_DEEPSPEED_CONFIG,
+    dev_sample: DevSample | None = None,
 ) -> TrainResult:
     """Fine-tune the reranker at `base_model_dir` on `groups`; save it to `output_dir`.
 
     Resumes from `checkpoint_dir` when it holds a checkpoint. `on_step` is called on rank 0
     after every optimizer step. `stop_after_steps` ends this invocation after that many steps
-    with a checkpoint and no final model (time-boxed runs; the resume tests). On completion,
+    with a checkpoint and no final model (time-boxed runs; the resume tests). The model
+    reranks `dev_sample` (`components.teacher.dev_curve`) every `params.curve_every` steps and
+    after the last; its result reaches `on_step` as `StepMetrics.dev`. On completion,
     `output_dir` receives a plain transformers checkpoint (LoRA merged) + tokenizer, atomically.
     """
     if len(groups) < params.global_batch_groups:
@@ -180,6 +185,8 @@ def train_teacher(
     autocast = bool(params.bf16 and not cuda and bf16_available(torch.device("cpu")))
     module = PairScoringModule(lm, answer_tokens, autocast)
     task = ListwiseTask(groups, prompts, tokenizer.pad_token_id, params, seed)
+    dev_curve = (DevCurve(dev_sample, prompts, tokenizer.pad_token_id)
+                 if dev_sample is not None and params.curve_every else None)
 
     def report(m: loop.StepMetrics) -> None:
         # parts["tokens"] is the mean over the step's micro-batches on all ranks.
@@ -187,13 +194,14 @@ def train_teacher(
         tokens = m.parts["tokens"] * micro_batches
         on_step(StepMetrics(step=m.step, total_steps=m.total_steps, epoch=m.epoch, loss=m.loss,
                             lr=m.lr, tokens_per_s=tokens / max(m.step_s, 1e-9),
-                            elapsed_s=m.elapsed_s))
+                            elapsed_s=m.elapsed_s, dev=m.evaluation))
 
     result = loop.train(
         module, task, loop_settings(params, cuda), checkpoint_dir,
         report if on_step is not None else None, stop_after_steps, seed=seed,
         identity=_run_identity(params, seed, deepspeed_config),
-        base_config=read_config(deepspeed_config),
+        base_config=read_config(deepspeed_config), evaluate=dev_curve,
+        eval_every=params.curve_every,
     )  # fmt: skip
     out = None
     if result.completed:
@@ -204,7 +212,7 @@ def train_teacher(
 
 
 # Knobs that may change between a run and its resumption without changing what is trained.
-_RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints"}
+_RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints", "curve_every", "curve_queries"}
 
 
 def _run_identity(params: TeacherParams, seed: int, deepspeed_config: str | Path) -> dict:

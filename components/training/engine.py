@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from components.settings import repo_root
+from components.settings import REPO_ROOT
 
 if TYPE_CHECKING:
     from components.training.loop import LoopSettings
@@ -67,10 +67,11 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
 
 def read_config(path: str | Path) -> dict:
-    """A DeepSpeed JSON (relative paths are from the repo root), without its `_` notes."""
+    """A DeepSpeed JSON (relative paths are from the code's checkout, like any other code: a
+    workspace elsewhere, `RERANK_DISTILL_ROOT`, has no configs/), without its `_` notes."""
     path = Path(path)
     if not path.is_absolute():
-        path = repo_root() / path
+        path = REPO_ROOT / path
     return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
 
 

@@ -79,6 +79,7 @@ class StepMetrics:
     elapsed_s: float  # since this call started
     step_s: float = 0.0  # this step: forward, backward, optimizer
     parts: dict[str, float] = field(default_factory=dict)  # the task's parts, averaged likewise
+    evaluation: dict[str, float] = field(default_factory=dict)  # `evaluate`'s, on its steps
 
 
 @dataclass
@@ -119,7 +120,9 @@ def epoch_batches(n: int, epoch: int, seed: int, batch_size: int) -> list[list[i
 def train(model: nn.Module, task: Task, settings: LoopSettings,
           checkpoint_dir: str | Path | None, on_step: Callable[[StepMetrics], None] | None = None,
           stop_after: int | None = None, *, seed: int, identity: Mapping[str, Any],
-          base_config: dict | None = None) -> LoopResult:
+          base_config: dict | None = None,
+          evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+          eval_every: int = 0) -> LoopResult:
     """Train `model` in place for `settings.max_steps` steps, resuming from `checkpoint_dir`
     when it holds a checkpoint of the same `identity` (what the run's checkpoints must have been
     written with; another one is refused). `checkpoint_dir` None: no checkpoints.
@@ -127,6 +130,9 @@ def train(model: nn.Module, task: Task, settings: LoopSettings,
     `on_step` is called on rank 0 after every optimizer step. `stop_after` ends the call after
     that many steps with a checkpoint (time-boxed runs; tests simulate an interruption with it).
     `base_config`: a DeepSpeed config the run's values are filled into (ZeRO options).
+    `evaluate(module)` runs every `eval_every` steps and after the last step, in eval mode
+    without gradients, on every rank (under ZeRO-3 the forward gathers weights collectively);
+    rank 0's result goes to `on_step` as `StepMetrics.evaluation`.
     """
     rank, world, _ = init_distributed()
     per_rank = settings.batch_size // world
@@ -178,12 +184,18 @@ def train(model: nn.Module, task: Task, settings: LoopSettings,
         position += 1
         if position == len(batches):
             epoch, position, batches = epoch + 1, 0, None
-        if rank == 0 and on_step is not None:
-            now = time.perf_counter()
-            on_step(StepMetrics(engine.global_steps, total, step_epoch, losses[-1], lr,
-                                now - started, now - t0, means))
+        step_s = time.perf_counter() - t0
         stop = stop_after is not None and len(losses) >= stop_after
         done = engine.global_steps >= total
+        evaluation = {}
+        if evaluate is not None and eval_every and (engine.global_steps % eval_every == 0 or done):
+            engine.module.eval()
+            with torch.no_grad():
+                evaluation = evaluate(engine.module)
+            engine.module.train()
+        if rank == 0 and on_step is not None:
+            on_step(StepMetrics(engine.global_steps, total, step_epoch, losses[-1], lr,
+                                time.perf_counter() - started, step_s, means, evaluation))
         # The last step too: a stage killed after training resumes past it, not before.
         if folder and (engine.global_steps % settings.checkpoint_every == 0 or stop or done):
             state = {"step": engine.global_steps, "epoch": epoch, "position": position,

@@ -121,9 +121,10 @@ def apply_test_profile(params: dict, tiny_model: Path) -> None:
     params["dense"].update(max_tokens=64)
     params["base_model"]["source"] = str(tiny_model)
     params["teacher"].update(max_steps=3, global_batch_groups=2, micro_batch_groups=1,
-                             top_layers=1, checkpoint_every=1, max_doc_tokens=48, bf16=False)
+                             top_layers=1, checkpoint_every=1, max_doc_tokens=48, bf16=False,
+                             curve_every=2, curve_queries=3)
     params["rank_lists"].update(train_queries=6, depth=5, train_depth=4, top_k_logits=16,
-                                document_layers=[])
+                                document_layers=[], latency_queries=4)
     params["rabtriever"].update(epochs=2, predictor_width=64, top_m=2, full_k=20,
                                 maxsim_layers=[0, 2])
     params["promote"].update(queries=5, depth=5)

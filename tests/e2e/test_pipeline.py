@@ -107,6 +107,12 @@ def test_mlflow_groups_stage_runs_under_the_pipeline_run(pipeline_result):
     assert set(children) == set(STAGES)
     losses = client.get_metric_history(children["teacher"].info.run_id, "loss")
     assert [m.step for m in losses] == [1, 2, 3]
+    # The dev curve (teacher.curve_every 2 of 3 steps, and after the last), also a DVC plot.
+    dev = client.get_metric_history(children["teacher"].info.run_id, "dev_ndcg_cut_10")
+    assert [m.step for m in dev] == [2, 3] and all(0 <= m.value <= 1 for m in dev)
+    curve = pd.read_csv(root / "outputs" / MINI / "teacher/curve.csv")
+    assert curve["step"].tolist() == [1, 2, 3] and curve["dev_ndcg_cut_10"].notna().tolist() == [
+        False, True, True]
     for child in children.values():
         assert child.info.status == "FINISHED"
         assert len(child.data.tags["git_commit"]) == 40

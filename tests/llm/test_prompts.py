@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -87,3 +88,15 @@ def test_prompt_parts_are_consistent(tokenizer):
     doc_ids = tokenizer(doc_part, add_special_tokens=False)["input_ids"]
     pair_ids = tokenizer(pair, add_special_tokens=False)["input_ids"]
     assert pair_ids[: len(doc_ids)] == doc_ids
+
+
+def test_base_model_without_chat_template_gets_bos_and_a_spoken_answer(tokenizer):
+    """A base model (e.g. the Gemma 3 GGUF) has no chat template: the prompt starts with its
+    BOS token and ends at "Answer:", and the answer is the word with its leading space."""
+    base = copy.deepcopy(tokenizer)
+    base.chat_template = None
+    template = PromptTemplate.load("scifact")
+    prompt = PromptBuilder(template, base).build_pair_prompt("An abstract.", "A claim.")
+    assert prompt.startswith(base.bos_token) and prompt.endswith("\nAnswer:")
+    answers = resolve_answer_token_ids(base, template)
+    assert [base.decode([i]) for i in answers.ids] == [" Yes", " No"]

@@ -9,8 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from components.config import ParamsError
+from components.evaluation.metrics import per_query_metrics
 from components.llm.prompts import PromptTemplate
-from components.teacher.data import build_groups, toy_retrieval_data
+from components.teacher.data import build_groups, document_text, toy_retrieval_data
+from components.teacher.dev_curve import DevSample
 from components.teacher.reranker import LLMReranker
 from components.teacher.training import DEFAULT_DEEPSPEED_CONFIG, loop_settings, train_teacher
 from components.training.engine import deepspeed_config, read_config
@@ -36,9 +38,18 @@ def _margins(model_dir, template):
     )
 
 
+def _dev_sample(depth=8):
+    """Held-out toy topics (never trained on) as the dev curve's queries."""
+    corpus, queries, qrels, run = toy_retrieval_data(n_topics=4, offset=8)
+    texts = {d: document_text(doc) for d, doc in corpus.items()}
+    candidates = {q: list(hits)[:depth] for q, hits in run.items()}
+    return DevSample(queries, candidates, texts, qrels, "ndcg_cut_10", depth)
+
+
 def test_relevant_document_outranks_distractor_after_a_few_steps(tiny_model_dir, tmp_path):
     template = PromptTemplate.load("default")
     before = _margins(tiny_model_dir, template)
+    dev = _dev_sample()
     params = section(
         "teacher",
         train_mode="full",
@@ -49,6 +60,7 @@ def test_relevant_document_outranks_distractor_after_a_few_steps(tiny_model_dir,
         global_batch_groups=8,
         max_doc_tokens=TOY_DOC_TOKENS,
         bf16=False,
+        curve_every=3,
     )
     seen = []
     result = train_teacher(
@@ -60,12 +72,24 @@ def test_relevant_document_outranks_distractor_after_a_few_steps(tiny_model_dir,
         tmp_path / "out",
         on_step=seen.append,
         seed=0,
+        dev_sample=dev,
     )
     assert result.completed and result.steps == 8 and [m.step for m in seen] == list(range(1, 9))
     assert seen[-1].loss < 0.5 * seen[0].loss
     assert all(m.tokens_per_s > 0 and m.lr > 0 for m in seen)
     after = _margins(result.output_dir, template)
     assert (after > 0).all() and after.mean() > before.mean() + 1.0, (before, after)
+    # The dev curve: measured every 3 steps and after the last, and its last point is what the
+    # saved model's rerank of the same candidates scores (one scoring function).
+    assert [m.step for m in seen if m.dev] == [3, 6, 8]
+    reranker = LLMReranker.from_pretrained(result.output_dir, template=template,
+                                           max_doc_tokens=TOY_DOC_TOKENS)
+    reranker.index(dev.texts)
+    run = reranker.rerank(dev.queries, {q: [d for d, _ in hits]
+                                        for q, hits in dev.candidates.items()})
+    expected = per_query_metrics(run, dev.qrels, ["ndcg_cut_10"], sorted(dev.queries))
+    assert seen[-1].dev["dev_ndcg_cut_10"] == pytest.approx(
+        np.mean(list(expected["ndcg_cut_10"].values())), abs=1e-6)
 
 
 def test_resumed_run_matches_uninterrupted_run(tiny_model_dir, tmp_path):
