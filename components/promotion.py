@@ -198,12 +198,17 @@ def promote(name: str, split: PromotionSplit, primary: str, metrics: list[str],
             try:
                 champion, cached = evaluate_version(name, champion_version, split, metrics,
                                                     by_search)
-            except MlflowException as exc:
-                # The challenger, asked the same way, just answered: a champion that cannot
+            except (MlflowException, KeyError) as exc:
+                # The challenger, asked the same way, just answered. A champion that cannot
                 # even be loaded was logged by code this repository no longer has (an older
-                # pyfunc format). It cannot be served here, so the challenger replaces it.
+                # pyfunc format); one that raises KeyError cannot rank the gate's candidates
+                # (a reranker whose document index was built for other queries, e.g. before
+                # the dev split changed). Either way it cannot serve these queries, so the
+                # challenger replaces it.
+                what = ("no longer loads" if isinstance(exc, MlflowException)
+                        else "cannot rank the gate's candidates")
                 decision.promoted = True
-                decision.reason = (f"champion v{champion_version} no longer loads "
+                decision.reason = (f"champion v{champion_version} {what} "
                                    f"({str(exc).splitlines()[0][:200]}); the challenger "
                                    f"replaces it")
                 champion = None

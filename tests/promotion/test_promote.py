@@ -173,3 +173,18 @@ def test_a_champion_that_no_longer_loads_is_replaced_by_the_challenger(tmp_path,
     decision = _promote(name)
     assert decision.promoted and "no longer loads" in decision.reason, decision.reason
     assert version_of(name, "champion") == challenger
+
+
+def test_a_champion_that_cannot_rank_the_gate_candidates_is_replaced():
+    """A reranker whose document index was built for other queries (the dev split changed
+    since it was logged) cannot answer the gate: the challenger, which can, replaces it."""
+    name = "toy-indexed"
+    half = sorted({d for ids in CANDIDATES.values() for d in ids})[: 5 * N]
+    champion = log_toy(name, "indexed", {"relevant": RELEVANT, "rank_of_relevant": 1,
+                                         "indexed": half})
+    set_alias(name, champion, "champion")
+    challenger = _register(name, rank_of_relevant=3)
+    decision = _promote(name)
+    assert decision.promoted and "cannot rank the gate's candidates" in decision.reason
+    assert "not in the index" in decision.reason
+    assert version_of(name, "champion") == challenger

@@ -79,6 +79,21 @@ class SearchOnlyRanker(FixedRankRanker):
         return {qid: run[:k] for qid, run in super().rerank(queries, pool).items()}
 
 
+class IndexedRanker(FixedRankRanker):
+    """Reranks only the documents it indexed when it was logged (as Rabtriever's rerank index
+    does) and raises KeyError for any other candidate."""
+
+    def __init__(self, relevant, rank_of_relevant: int, indexed: Sequence[str]):
+        super().__init__(relevant, rank_of_relevant)
+        self.indexed = set(indexed)
+
+    def rerank(self, queries, candidates) -> Run:
+        missing = [d for qid in queries for d in candidates[qid] if d not in self.indexed]
+        if missing:
+            raise KeyError(f"{len(missing)} candidates are not in the index, e.g. {missing[:3]}")
+        return super().rerank(queries, candidates)
+
+
 class ToyModel(RankerModel):
     def make_ranker(self, artifacts, settings):
         config = settings["config"]
@@ -86,11 +101,15 @@ class ToyModel(RankerModel):
             return FixedRankRanker(config["relevant"], config["rank_of_relevant"])
         if settings["system"] == "search-only":
             return SearchOnlyRanker(config["relevant"], config["rank_of_relevant"])
+        if settings["system"] == "indexed":
+            return IndexedRanker(config["relevant"], config["rank_of_relevant"],
+                                 config["indexed"])
         return TextRanker(config["marker"])
 
 
 def log_toy(name: str, system: str, config: Mapping) -> str:
-    """Log and register a toy ranker (`system`: fixed-rank, search-only or text); its version."""
+    """Log and register a toy ranker (`system`: fixed-rank, search-only, indexed or text); its
+    version."""
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="model", python_model=model_code(ToyModel, tmp),
                                        model_config={"system": system, "config": dict(config)},
