@@ -12,7 +12,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from components.data.judgements import AUDIT_ENV
+from components.data.judgements import AUDIT_ENV, read_judgements
+from components.evaluation.metrics import per_query_metrics
+from components.runs import read_run_topics, read_trec_run
 from components.settings import REPO_ROOT
 from tests.e2e.conftest import MINI, run
 
@@ -158,9 +160,15 @@ def test_dev_sweep_scores_values_on_heldout_queries_without_touching_the_workspa
     before = (_digest(root / "params.yaml"), _digest(student))
     result = run(["python", "scripts/dev_sweep.py", "--key", "rabtriever.rkl_weight",
                   "--values", "0", "0.5", "--stages", "rabtriever",
-                  "--systems", "rabtriever_rerank"], root)
+                  "--systems", "rabtriever_rerank", "--reference", "current"], root)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| rabtriever")]
-    assert [row.split("|")[2].strip() for row in rows] == ["0", "0.5"]
+    # The reference row is the workspace's own run, read as it is, then each value rerun.
+    assert [row.split("|")[2].strip() for row in rows] == ["current", "0", "0.5"]
+    qrels = read_judgements(root / "data/raw" / MINI, "train", None)
+    run_, _ = read_trec_run(student)
+    qids = read_run_topics(student)
+    own = per_query_metrics(run_, qrels, ["ndcg_cut_10"], qids)["ndcg_cut_10"]
+    assert float(rows[0].split("|")[3]) == pytest.approx(sum(own.values()) / len(own), abs=1e-4)
     assert "held-out dev queries (15 queries" in result.stdout
     assert "test" not in result.stdout.lower().replace("paired t-test", "")
     assert (_digest(root / "params.yaml"), _digest(student)) == before

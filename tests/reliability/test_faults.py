@@ -46,12 +46,13 @@ TIMINGS = re.compile(r"_seconds$|_ms_per_query$")
 
 
 LATENCY_CELL = re.compile(r"[\d.]+ / [\d.]+")  # "median / p95" in results.md
+CURVE_TIMINGS = {"tokens_per_s", "elapsed_s"}
 
 
 def _digest(path: Path) -> str:
     """md5 of a file, without the wall-clock measurements it holds (they vary per run): a
-    student's summary.json timings, a run's measured latency (cost.json) and the latency
-    columns of the results table."""
+    student's summary.json timings, a run's measured latency (cost.json), the latency
+    columns of the results table and the teacher curve's throughput and elapsed time."""
     if path.name == "summary.json":
         summary = json.loads(path.read_text())
         return json.dumps({k: v for k, v in summary.items() if not TIMINGS.search(k)})
@@ -63,9 +64,10 @@ def _digest(path: Path) -> str:
         rows = [[LATENCY_CELL.sub("", cell).strip(" :-") for cell in line.split("|")]
                 for line in path.read_text().splitlines()]
         return json.dumps(rows)
-    if path.name == "results.csv":
+    if path.name in ("results.csv", "curve.csv"):  # curve.csv: the teacher's training curve
         lines = [line.split(",") for line in path.read_text().splitlines()]
-        keep = [i for i, name in enumerate(lines[0]) if not name.startswith("latency")]
+        keep = [i for i, name in enumerate(lines[0])
+                if not name.startswith("latency") and name not in CURVE_TIMINGS]
         return json.dumps([[row[i] for i in keep] for row in lines])
     return hashlib.md5(path.read_bytes()).hexdigest()
 
