@@ -167,8 +167,11 @@ class RankListsParams(Section):
 
 
 class RabtrieverParams(Section):
-    predictor_form: Literal["mlp", "film", "maxsim"]
-    maxsim_layers: list[int] = Field(min_length=1)
+    predictor_form: Literal["attention", "maxsim", "mlp", "film"]
+    maxsim_layers: list[int]  # [] = no late-interaction features (not for the maxsim form)
+    latent_layer: int = Field(ge=1)
+    attention_heads: int = Field(ge=1)
+    attention_head_dim: int = Field(ge=1)
     maxsim_doc_tokens: int | None = Field(ge=8)  # None: the teacher's cut
     predictor_width: int = Field(ge=8)
     predictor_dropout: float = Field(ge=0, lt=1)
@@ -176,6 +179,11 @@ class RabtrieverParams(Section):
     pooling: Literal["mean", "last"]
     epochs: int = Field(ge=1)
     top_m: int = Field(ge=1)
+    latency_queries: int = Field(ge=1)
+    rounds: int = Field(ge=0)
+    round_epochs: int = Field(ge=1)
+    round_pool: int = Field(ge=1)
+    round_budget: int = Field(ge=1)
     jepa_weight: float = Field(ge=0)
     rkl_weight: float = Field(ge=0)
     lr: float = Field(gt=0)
@@ -193,6 +201,12 @@ class RabtrieverParams(Section):
     corpus: Literal["none", "full"]
     full_k: int = Field(ge=1)
     encode_batch_size: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _maxsim_has_layers(self) -> RabtrieverParams:
+        if self.predictor_form == "maxsim" and not self.maxsim_layers:
+            raise ValueError("predictor_form maxsim needs at least one of maxsim_layers")
+        return self
 
 
 IdentifierView = Literal["title", "semantic_id", "span", "terms", "ngram"]

@@ -1,10 +1,13 @@
 """Stage `rabtriever`: Rabtriever, JEPA on-policy distillation of the teacher.
 
 The student is the trained teacher, frozen, plus a small predictor between its last layer
-and its LM head. Training reads only cached tensors: query embeddings (query encoded
+and its LM head. Training reads cached tensors: query embeddings (query encoded
 alone), document embeddings (document encoded alone) and the teacher's stored states from
 `rank_lists` (its answer-position hidden state and top-k logits per pair). Each epoch the
-student trains on its own top-m documents of every training query's teacher-scored pool.
+student trains on its own top-m documents of every training query's teacher-scored pool; then,
+in `rabtriever.rounds` on-policy rounds, it ranks the first stage's wider top-`round_pool` of
+those queries, the teacher (its own LLM) scores the student's top documents it has not seen,
+and training goes on over the grown pools (`components/rabtriever/rounds.py`).
 Documents the teacher already read in `rank_lists` come with their states from there
 (`rank_lists/documents`, `components/rabtriever/pair_documents.py`); only the others are encoded
 here.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -34,18 +38,17 @@ from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout, run_key
 from components.llm.prompts import PromptTemplate
+from components.rabtriever.distillation_data import JepaTrainingData, TeacherPairs
 from components.rabtriever.late_interaction import TokenStates
 from components.rabtriever.model import Rabtriever
 from components.rabtriever.pair_documents import CollectedDocuments, model_fingerprint
 from components.rabtriever.predictor import Predictor
-from components.rabtriever.training import (
-    JepaTrainingData,
-    TeacherPairs,
-    train_predictor,
-)
+from components.rabtriever.rounds import Candidates, TeacherRounds
+from components.rabtriever.training import train_predictor
 from components.runs import read_trec_run, write_trec_run
 from components.serving import log_ranker
 from components.teacher.data import document_text
+from components.teacher.reranker import LLMReranker
 from flows._stage import StageFailed, run_cli, stage_flow
 
 REGISTERED_NAME = "rabtriever"
@@ -86,11 +89,11 @@ def teacher_training_data(
     doc_texts: dict[str, str],
     batch_size: int,
     collected: CollectedDocuments | None = None,
-) -> tuple[JepaTrainingData, TokenStates | None, int]:
-    """Cached embeddings + the teacher's stored per-pair states for the training pools, the
-    pool documents' token states (None unless the predictor reads them), and how many pool
-    documents were encoded here (the rest come from `collected`). A maxsim predictor's IDF
-    table must be fitted first (`Rabtriever.fit_idf`): the features use it."""
+) -> tuple[JepaTrainingData, int]:
+    """Cached embeddings (with the pool documents' token states when the predictor reads them)
+    + the teacher's stored per-pair states for the training pools, and how many pool documents
+    were encoded here (the rest come from `collected`). A predictor's IDF table must be fitted
+    first (`Rabtriever.fit_idf`) when it reads late-interaction features: they use it."""
     pairs = pd.read_parquet(rank_lists_dir / "pairs.parquet")
     pairs = pairs[pairs["split"] == split].sort_values("state_row")
     if pairs.empty:
@@ -115,18 +118,55 @@ def teacher_training_data(
         logit_ids=states["topk_ids"][rows],
         scores=torch.as_tensor(pairs["score"].to_numpy(), dtype=torch.float32),
     )
-    data = JepaTrainingData(
-        query_embs=retriever.encode_queries(query_texts, batch_size),
-        doc_embs=doc_embs,
-        pairs=teacher_pairs,
-        query_ids=qids,
-        doc_ids=docids,
-        features=retriever.pair_features(
-            query_texts, doc_embs, doc_tokens, teacher_pairs.query_index,
-            teacher_pairs.doc_index, batch_size,
-        ),  # fmt: skip
-    )
-    return data, doc_tokens, encoded
+    data = JepaTrainingData.encoded(retriever, query_texts, qids, docids, doc_embs, doc_tokens,
+                                    teacher_pairs, batch_size)  # fmt: skip
+    return data, encoded
+
+
+def teacher_rounds(
+    retriever: Rabtriever,
+    data: JepaTrainingData,
+    first_stage: dict,
+    queries: dict[str, str],
+    doc_texts: dict[str, str],
+    collected: CollectedDocuments | None,
+    cfg,
+    teacher_batch_size: int,
+) -> tuple[TeacherRounds, int]:
+    """The on-policy rounds' candidates (the first stage's top-`round_pool` of every
+    distillation query; documents not yet in `data` are encoded and appended) and the teacher
+    that answers them: the student's own LLM, prompted as in `rank_lists`. Also how many
+    documents were encoded here."""
+    known = set(data.doc_ids)
+    wide = {q: [d for d, _ in first_stage.get(q, [])[: cfg.round_pool]] for q in data.query_ids}
+    new = list(dict.fromkeys(d for docs in wide.values() for d in docs if d not in known))
+    encoded = 0
+    if new:
+        embs, tokens, encoded = encode_documents(
+            retriever, [doc_texts[d] for d in new], collected, cfg.encode_batch_size
+        )
+        data.add_documents(new, embs, tokens)
+    q_row = {q: i for i, q in enumerate(data.query_ids)}
+    d_row = {d: i for i, d in enumerate(data.doc_ids)}
+    pairs = [(q_row[q], d_row[d]) for q, docs in wide.items() for d in docs]
+    query_index = torch.as_tensor([q for q, _ in pairs], dtype=torch.long)
+    doc_index = torch.as_tensor([d for _, d in pairs], dtype=torch.long)
+    features = retriever.pair_features(
+        [queries[q] for q in data.query_ids], data.doc_embs, data.doc_tokens, query_index,
+        doc_index, cfg.encode_batch_size,
+    )  # fmt: skip
+    teacher = LLMReranker(retriever.model, retriever.tokenizer, retriever.template,
+                          retriever.max_doc_tokens, bf16=retriever.bf16)  # fmt: skip
+    top_k = data.pairs.logits.shape[1]
+
+    def ask(query_rows: list[int], doc_rows: list[int]) -> TeacherPairs:
+        texts = [(doc_texts[data.doc_ids[d]], queries[data.query_ids[q]])
+                 for q, d in zip(query_rows, doc_rows, strict=True)]  # fmt: skip
+        states = teacher.forward_pair_states(texts, batch_size=teacher_batch_size, top_k=top_k)
+        return TeacherPairs.from_pair_states(query_rows, doc_rows, states)
+
+    candidates = Candidates(query_index, doc_index, features)
+    return TeacherRounds(candidates, ask, cfg.top_m, cfg.round_budget), encoded
 
 
 def index_documents(mode: str, corpus_ids, first_stage: dict, evaluated: dict,
@@ -167,6 +207,9 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
             form=cfg.predictor_form,
             layers=cfg.maxsim_layers,
             vocab_size=retriever.model.get_input_embeddings().num_embeddings,
+            latent_layer=cfg.latent_layer,
+            heads=cfg.attention_heads,
+            head_dim=cfg.attention_head_dim,
         )
         retriever.predictor = predictor
         mlflow.log_param("predictor_parameters", predictor.num_parameters())
@@ -180,7 +223,7 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
         first_stage = {split: read_trec_run(layout.run_dir("bm25") / f"{split}.trec")[0]
                        for split in evaluated}
         doc_ids = index_documents(cfg.corpus, doc_texts, first_stage, evaluated, depth)
-        if predictor.uses_tokens:
+        if predictor.uses_features:
             # IDF over the whole corpus (token ids only): it does not depend on which
             # documents this run indexes.
             retriever.fit_idf(list(doc_texts.values()))
@@ -193,7 +236,7 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
             train_queries, train_texts = queries, doc_texts
         started = time.perf_counter()
         collected = collected_documents(layout, retriever)
-        data, pool_tokens, pool_encoded = teacher_training_data(
+        data, pool_encoded = teacher_training_data(
             retriever,
             layout.rank_lists_dir,
             params.data.train_split,
@@ -217,11 +260,24 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
         run_dir = checkpoints / run_key(
             {"params": params.model_dump(), "data": tracking.dvc_data_hash(dataset_dir)}
         )
+        rounds, round_docs = None, 0
+        if cfg.rounds:
+            rounds, round_docs = teacher_rounds(
+                retriever, data, read_trec_run(layout.train_bm25_run(
+                    params.data.train_name, params.data.train_split))[0],
+                train_queries, train_texts, collected, cfg, params.rank_lists.batch_size,
+            )  # fmt: skip
         result = train_predictor(
             retriever.predictor, retriever.scorer, data, cfg, log_fn=log_step,
-            checkpoint_dir=run_dir, seed=params.seed,
+            checkpoint_dir=run_dir, seed=params.seed, rounds=rounds,
         )  # fmt: skip
         train_seconds = time.perf_counter() - started
+        for record in result.rounds:
+            print(f"round {record.round}: the student ranked {record.candidates} candidate "
+                  f"pairs; {record.unseen_in_top} of its top-{cfg.top_m} were new to the "
+                  f"teacher, which scored {record.asked} in {record.teacher_seconds:.0f}s")
+            mlflow.log_metrics({f"round{record.round}_{k}": float(v) for k, v in
+                                asdict(record).items() if k != "round"})  # fmt: skip
         retriever.predictor.eval()
         for stats in result.epochs:
             print(
@@ -246,7 +302,8 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
         all_embs = data.doc_embs if fresh_embs is None else torch.cat([data.doc_embs, fresh_embs])
         tokens = None
         if retriever.token_layers:
-            parts = [t for t in (pool_tokens, fresh_tokens) if t is not None]
+            # The training documents' token states (grown by the rounds) and the fresh ones.
+            parts = [t for t in (data.doc_tokens, fresh_tokens) if t is not None]
             tokens = TokenStates.concat(parts).select(source)
         retriever.set_index(doc_ids, all_embs[source], tokens)
         encode_seconds = time.perf_counter() - started
@@ -255,18 +312,21 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
             f"{len(fresh)} new ({fresh_encoded} encoded here) in {encode_seconds:.0f}s"
         )
 
-        # One query at a time: each call's wall time is the latency a user sees (one LLM
-        # forward over the query, then predictor passes over the precomputed documents).
+        # The first `latency_queries` test queries one at a time: each call's wall time is the
+        # latency a user sees (one LLM forward over the query, then predictor passes over the
+        # precomputed documents); every other query in one call, its queries encoded in batches.
         indexed = set(doc_ids)
         timings: dict[str, list[float]] = {}
         for split, qids in evaluated.items():
-            bm25_run = first_stage[split]
-
-            def rerank_one(qid, bm25_run=bm25_run):
-                candidates = [d for d, _ in bm25_run.get(qid, [])[:depth] if d in indexed]
-                return retriever.rerank({qid: queries[qid]}, {qid: candidates})[qid]
-
-            ranked, timings[f"rerank/{split}"] = time_each(qids, rerank_one)
+            candidates = {q: [d for d, _ in first_stage[split].get(q, [])[:depth] if d in indexed]
+                          for q in qids}  # fmt: skip
+            timed = qids[: cfg.latency_queries] if split == splits.test_split else []
+            ranked, timings[f"rerank/{split}"] = time_each(
+                timed, lambda q, c=candidates: retriever.rerank({q: queries[q]}, {q: c[q]})[q]
+            )
+            bulk = qids[len(timed) :]
+            bulk_run = retriever.rerank({q: queries[q] for q in bulk}, candidates) if bulk else {}
+            ranked += [bulk_run[q] for q in bulk]
             write_trec_run(layout.run_dir("rabtriever_rerank") / f"{split}.trec",
                            dict(zip(qids, ranked, strict=True)), "Rabtriever-rerank", topics=qids)
             if cfg.corpus == "full":
@@ -309,6 +369,9 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
             "rerank_ms_per_query": rerank_ms,
             "full_ms_per_query": full_ms,  # None: no full-corpus index (rabtriever.corpus: none)
             "final_agreement": result.final_agreement,
+            "rounds": [asdict(r) for r in result.rounds],
+            "round_docs_encoded": round_docs,
+            "teacher_pairs": len(data.pairs.query_index),
         }
         summary_text = json.dumps(summary, indent=2)
         write_text_atomic(layout.root / "rabtriever" / "summary.json", summary_text)

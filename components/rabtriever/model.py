@@ -1,27 +1,22 @@
 """Rabtriever: the teacher reranker turned into a retriever by a small predictor (JEPA student).
 
     query  --LLM(build_query_prompt)-->    q  (answer-position state, before the final norm)
-    doc    --LLM(build_document_prompt)--> d  (pooled post-norm states; maxsim: token states too)
+    doc    --LLM(build_document_prompt)--> d  (pooled post-norm states and token states)
     predictor(q, d)                     -> q' (predicted context-aware query state, pre-norm)
     score = log p(Yes) - log p(No) of  lm_head(final_norm(q'))     (read out as the teacher does)
 
 The LLM is the trained teacher, frozen; only the predictor trains. Documents are encoded once,
-without any query, into a document index; per query the LLM runs once and the predictor (a few
-million parameters, or a few thousand weights for the default `maxsim` form) runs once per
-candidate. `Rabtriever` ties the parts together behind the interface of every system
-(`components.ranker.Ranker`: `index`, `rerank`, `search`): the predictor and readout
-(`predictor.py`), the LLM's encodings of queries and documents, and why those states
-(`encoding.py`), the maxsim form's late-interaction features (`late_interaction.py`) and the
-document index with its files (`index.py`).
-
-On disk (`Rabtriever.save`): `predictor.safetensors` (weights, and the maxsim form's IDF table
-and feature statistics as buffers), `rabtriever.json` (predictor config, pooling, document cuts,
-prompt template and answer ids) and, when asked for, the document index. No pickle anywhere.
+without any query, into a document index; per query the LLM runs once and the predictor (under
+a million parameters for the default `attention` form, a few thousand weights for `maxsim`)
+runs once per candidate. `Rabtriever` ties the parts together behind the interface of every
+system (`components.ranker.Ranker`: `index`, `rerank`, `search`): the predictor and readout
+(`predictor.py`, `attention.py`), the LLM's encodings of queries and documents, and why those
+states (`encoding.py`), the late-interaction features (`late_interaction.py`), the document
+index with its files (`index.py`) and the student's own files (`storage.py`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -30,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from components.atomic import atomic_path
@@ -52,15 +46,14 @@ from components.rabtriever.encoding import (
 )
 from components.rabtriever.index import DocumentIndex
 from components.rabtriever.late_interaction import TokenStates, fit_idf
-from components.rabtriever.predictor import Predictor, RabtrieverScorer, freeze, predictor_state
+from components.rabtriever.predictor import Predictor, RabtrieverScorer, freeze
+from components.rabtriever.storage import FORMAT_VERSION, read_student, write_student
 from components.ranker import ranked
 from components.runs import Run
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # of `rabtriever.json` and of the index's `doc_index.json`
-PREDICTOR_FILE = "predictor.safetensors"
-CONFIG_FILE = "rabtriever.json"
+LATENT_CHUNK = 256  # documents per predictor pass when it reads their token states
 
 
 class Rabtriever:
@@ -114,9 +107,9 @@ class Rabtriever:
         if self.predictor.hidden_size != hidden:
             raise ValueError(f"predictor hidden {self.predictor.hidden_size} != model {hidden}")
         depth = model.config.num_hidden_layers
-        too_deep = [layer for layer in self.predictor.layers if layer > depth]
+        too_deep = [layer for layer in self.predictor.token_layers if layer > depth]
         if too_deep:
-            raise ValueError(f"maxsim layers {too_deep} exceed the model's {depth} layers")
+            raise ValueError(f"token layers {too_deep} exceed the model's {depth} layers")
         self.scorer = RabtrieverScorer.from_model(self.model, self.answer_tokens)
         self.bf16 = bf16 and bf16_available(self.device)
         if bf16 and not self.bf16:
@@ -147,8 +140,8 @@ class Rabtriever:
 
     @property
     def token_layers(self) -> list[int]:
-        """Decoder layers whose token states the predictor compares (empty: pooled only)."""
-        return self.predictor.layers if self.predictor.uses_tokens else []
+        """Decoder layers whose token states the predictor reads (empty: pooled only)."""
+        return self.predictor.token_layers if self.predictor.uses_tokens else []
 
     @property
     def separate_token_pass(self) -> bool:
@@ -181,7 +174,7 @@ class Rabtriever:
     def encode_query(self, query: str) -> QueryEncoding:
         """One query, as `rerank` and `search` need it: one LLM pass over its prompt after the
         cached chat prefix (maxsim: its own segment's token states and pooled vector too)."""
-        if not self.token_layers:
+        if not self.predictor.uses_features:
             return QueryEncoding(self.encode_queries([query])[0])
         if self._prefix_cache is None:
             self._prefix_cache = PrefixCache.build(
@@ -190,13 +183,26 @@ class Rabtriever:
         state, pooled, tokens = self.encode_query_tokens([query], prefix_cache=self._prefix_cache)
         return QueryEncoding(state[0], tokens, pooled[0])
 
+    def encode_query_batch(
+        self, queries: Sequence[str], batch_size: int = 16
+    ) -> list[QueryEncoding]:
+        """Many queries as `encode_query` encodes one, in length-bucketed batches (faster per
+        query; the same encodings up to floating-point batching effects)."""
+        if len(queries) == 1:
+            return [self.encode_query(queries[0])]
+        if not self.predictor.uses_features:
+            return [QueryEncoding(state) for state in self.encode_queries(queries, batch_size)]
+        state, pooled, tokens = self.encode_query_tokens(queries, batch_size)
+        return [QueryEncoding(state[i], tokens.select([i], trim=True), pooled[i])
+                for i in range(len(queries))]  # fmt: skip
+
     def encode_query_tokens(
         self, queries: Sequence[str], batch_size: int = 16, prefix_cache: PrefixCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, TokenStates]:
         """(answer states [N, H], pooled [N, H], token states) of queries; see
         `encode_query_tokens`."""
         return encode_query_tokens(
-            self.model, self.tokenizer, self.prompts, queries, self.token_layers, batch_size,
+            self.model, self.tokenizer, self.prompts, queries, self.predictor.layers, batch_size,
             self.pooling, self.bf16, prefix_cache, self.token_prompts,
         )  # fmt: skip
 
@@ -207,8 +213,8 @@ class Rabtriever:
 
     def fit_idf(self, documents: Sequence[str]) -> None:
         """Fit the maxsim predictor's IDF table on these documents (the whole corpus)."""
-        if not self.predictor.uses_tokens:
-            raise ValueError(f"the {self.predictor.form} predictor uses no IDF table")
+        if not self.predictor.uses_features:
+            raise ValueError(f"this {self.predictor.form} predictor uses no IDF table")
         vocab = self.predictor.vocab_size
         self.predictor.idf.copy_(fit_idf(self.document_token_ids(documents), vocab))
 
@@ -217,10 +223,10 @@ class Rabtriever:
                  doc_tokens: TokenStates | None) -> torch.Tensor | None:  # fmt: skip
         """[N, k] late-interaction features of one query (token states with one row, pooled [H])
         against these documents; None when the predictor reads no token states."""
-        if not self.token_layers:
+        if not self.predictor.uses_features:
             return None
         return self._features(query_tokens, query_pooled, doc_embs, doc_tokens,
-                              self.predictor.idf, self.token_layers)  # fmt: skip
+                              self.predictor.idf, self.predictor.layers)  # fmt: skip
 
     def pair_features(self, queries: Sequence[str], doc_embs: torch.Tensor,
                       doc_tokens: TokenStates | None, query_index: torch.Tensor,
@@ -228,11 +234,11 @@ class Rabtriever:
                       batch_size: int = 16) -> torch.Tensor | None:  # fmt: skip
         """[P, k] features of the pairs (queries[query_index[p]], document row doc_index[p]),
         each query encoded once; None when the predictor reads no token states."""
-        if not self.token_layers:
+        if not self.predictor.uses_features:
             return None
         _, pooled, tokens = self.encode_query_tokens(queries, batch_size)
         return self._features.pairs(tokens, pooled, doc_embs, doc_tokens, query_index, doc_index,
-                                    self.predictor.idf, self.token_layers)  # fmt: skip
+                                    self.predictor.idf, self.predictor.layers)  # fmt: skip
 
     def index(self, corpus: Mapping[str, str], batch_size: int = 16) -> None:
         """Encode and store every document (doc id -> text); replaces any previous index."""
@@ -272,28 +278,35 @@ class Rabtriever:
         features = self.features(query.tokens, query.pooled, embs, tokens)
         state = query.state.reshape(1, -1).to(self.device, torch.float32)
         scores = torch.empty(len(embs))
+        latent = self.predictor.latent_layer
+        if latent is not None:  # token states [n, T, H] per chunk: keep chunks small
+            batch_size = min(batch_size, LATENT_CHUNK)
         for start in range(0, len(embs), batch_size):
             part = slice(start, start + batch_size)
             docs = embs[part].to(self.device, torch.float32)
             feats = None if features is None else features[part].to(self.device)
-            pred = self.predictor(state, docs, feats)
+            states = mask = None
+            if latent is not None:
+                chunk = tokens.select(torch.arange(len(embs))[part], trim=True)
+                states, mask = chunk.states[latent].to(self.device), chunk.mask.to(self.device)
+            pred = self.predictor(state, docs, feats, states, mask)
             scores[part] = self.scorer.score(pred).cpu()
         return scores
 
     def rerank(self, queries: Mapping[str, str], candidates: Mapping[str, Sequence[str]],
                batch_size: int = 4096) -> Run:  # fmt: skip
         """Each query's candidates (indexed doc ids) by score, best first (ties broken by doc
-        id); a candidate missing from the index raises KeyError. One query at a time: one LLM
-        pass over the query, then predictor passes over the candidates' stored encodings."""
-        run: Run = {}
-        for qid, text in queries.items():
+        id); a candidate missing from the index raises KeyError. The queries are encoded in
+        batches (one LLM pass each), then each query's candidates are scored by predictor
+        passes over their stored encodings."""
+        run: Run = {qid: [] for qid in queries if not candidates[qid]}
+        wanted = [qid for qid in queries if candidates[qid]]
+        encodings = self.encode_query_batch([queries[q] for q in wanted]) if wanted else []
+        for qid, encoding in zip(wanted, encodings, strict=True):
             ids = list(candidates[qid])
-            if not ids:
-                run[qid] = []
-                continue
-            scores = self.score(self.encode_query(text), self.doc_index.rows(ids), batch_size)
+            scores = self.score(encoding, self.doc_index.rows(ids), batch_size)
             run[qid] = ranked((d, float(s)) for d, s in zip(ids, scores, strict=True))
-        return run
+        return {qid: run[qid] for qid in queries}
 
     def search(self, queries: Mapping[str, str], k: int = 100, batch_size: int = 4096) -> Run:
         """Exact full-corpus scan: the predictor scores every indexed document, top k kept.
@@ -342,8 +355,7 @@ class Rabtriever:
         path = Path(path)
         with atomic_path(path) as tmp:
             tmp.mkdir(parents=True)
-            save_file(predictor_state(self.predictor), tmp / PREDICTOR_FILE)
-            (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+            write_student(tmp, self.predictor, self.config())
             if with_index and self.doc_ids:
                 self.doc_index.write(tmp, self.index_meta())
         return path
@@ -369,9 +381,7 @@ class Rabtriever:
         The index is read from `index_path`, or from `path` when it holds one.
         """
         path = Path(path)
-        config = json.loads((path / CONFIG_FILE).read_text())
-        if config.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported rabtriever format {config.get('format')!r}")
+        config, template, predictor = read_student(path)
         if model is None:
             if model_path is None:
                 raise ValueError("give the teacher LLM: model or model_path")
@@ -379,11 +389,6 @@ class Rabtriever:
             tokenizer = tokenizer or load_tokenizer(model_path)
         if tokenizer is None:
             raise ValueError("a tokenizer is needed with an explicit model")
-        template = PromptTemplate(**config["template"])
-        if template.fingerprint() != config["template_fingerprint"]:
-            raise ValueError(f"{path}: prompt template does not match its recorded fingerprint")
-        predictor = Predictor.from_config(config["predictor"])
-        predictor.load_state_dict(load_file(path / PREDICTOR_FILE))
         retriever = cls(
             model, tokenizer, template, predictor, config["max_doc_tokens"], config["pooling"],
             bf16=bf16, device=device, maxsim_doc_tokens=config.get("maxsim_doc_tokens"),

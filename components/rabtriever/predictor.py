@@ -29,26 +29,37 @@ from torch import nn
 
 from components.llm.hidden_states import final_norm
 from components.llm.prompts import AnswerTokens
+from components.rabtriever.attention import LatentAttention
 from components.rabtriever.late_interaction import num_features
 from components.teacher.reranker import yes_no_score
 
-PREDICTOR_FORMS = ("mlp", "film", "maxsim")
+PREDICTOR_FORMS = ("attention", "maxsim", "mlp", "film")
 
 
 class Predictor(nn.Module):
-    """Maps a query state q, conditioned on a document embedding d, to a predicted pair state.
+    """Maps a query state q, conditioned on a document latent, to a predicted pair state.
 
-        q' = q + rms(q) * W_out h(LN(q), LN(d)),     W_out initialised to zero
+        q' = q + rms(q) * (W_out h(LN(q), document) + W_f (f - mu) / sigma),   W_out, W_f zero
 
-    form="mlp" (the constructor's default; `params.yaml` ships maxsim): h = MLP([q; d; q*d]).
-        The element-wise product is the cheapest explicit query-document interaction (as in
-        InferSent/ESIM matching features); a plain [q; d] concatenation would need a much wider
-        MLP to approximate multiplicative effects. The first layer is split into
-        W_q q + W_d d + W_qd (q*d), so in a corpus scan the W_q q term is computed once per query,
-        not once per document.
+    form="attention" (the paper's predictor, the default in `params.yaml`): the document latent
+        is its token states D at decoder layer `latent_layer` (encoded alone, offline) and its
+        pooled vector d; the query state attends over D (`LatentAttention`, `heads` x
+        `head_dim`) and h = MLP([q; attention(q, D); d]) predicts what reading the document
+        changes in the query's state. The W_f term is optional: late-interaction features f
+        of the feature `layers` (below) as extra inputs, none when `layers` is empty.
+    form="maxsim": h is absent; the update is linear in k standardised late-interaction
+        features (MaxSim and IDF-weighted MaxSim per layer of `layers`, the pooled cosine;
+        `late_interaction.py`). mu, sigma are fitted on the training pairs
+        (`fit_feature_scaling`); the IDF table the features use travels with the weights
+        (`idf`, fitted on the whole corpus). Width and depth are unused. With a few hundred
+        teacher pairs this small map generalises where an MLP over pooled vectors overfits
+        (docs/studies.md, `maxsim_study.py`).
+    form="mlp": h = MLP([q; d; q*d]) over the pooled vector only. The element-wise product is
+        the cheapest explicit query-document interaction (as in InferSent/ESIM matching
+        features). The first layer is split into W_q q + W_d d + W_qd (q*d), so in a corpus
+        scan the W_q q term is computed once per query.
     form="film": h = GELU(W_q q) * (1 + gamma(d)) + beta(d) (FiLM: the document rescales and
-        shifts the query's features). About the same size at the same width; the interaction is
-        limited to a per-feature scale and shift, a weaker but smoother conditioning.
+        shifts the query's features), a weaker but smoother conditioning.
 
     Why the residual and the zero init: at initialisation q' = q, so the student starts as the
     teacher judging the query with no document (a sane score), and training only has to learn
@@ -56,18 +67,9 @@ class Predictor(nn.Module):
     expressing the update in units of rms(q) makes the predictor's output scale independent of
     the residual stream's magnitude, which differs by orders of magnitude across models.
 
-    form="maxsim": the document latent is its token states (`late_interaction.py`)
-        and the update is linear in k standardised late-interaction features f(q, d) (MaxSim and
-        IDF-weighted MaxSim per layer of `layers`, the pooled cosine):
-            q' = q + rms(q) * W_f (f - mu) / sigma,     W_f [H, k] initialised to zero
-        mu, sigma are fitted on the training pairs (`fit_feature_scaling`); the IDF table the
-        features use travels with the weights (`idf`, fitted on the whole corpus). Width and
-        depth are unused. Measured best on SciFact (docs/studies.md, `maxsim_study.py`): with a
-        few hundred teacher pairs, an MLP over pooled vectors overfits where this small map
-        generalises.
-
-    Size: hidden 576 (SmolLM2), width 1024, depth 1, mlp -> about 2.4M parameters; maxsim with
-    two layers -> 3.5k weights (plus the 49k-entry IDF table, not trained).
+    Size at hidden 576 (SmolLM2): attention with 4 x 32 heads and width 256 about 0.7M
+    parameters; mlp at width 1024 about 2.4M; maxsim with two layers 3.5k weights (plus the
+    49k-entry IDF table, not trained).
     """
 
     def __init__(
@@ -79,19 +81,31 @@ class Predictor(nn.Module):
         dropout: float = 0.0,
         layers: Sequence[int] = (),
         vocab_size: int = 0,
+        latent_layer: int | None = None,
+        heads: int = 4,
+        head_dim: int = 32,
     ):
         super().__init__()
         if form not in PREDICTOR_FORMS:
             raise ValueError(f"predictor form must be one of {PREDICTOR_FORMS}, got {form!r}")
         if depth < 1 or width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
-        if form == "maxsim" and (not layers or vocab_size < 1):
-            raise ValueError("the maxsim form needs token layers and the vocabulary size")
+        if form == "maxsim" and not layers:
+            raise ValueError("the maxsim form needs token layers")
+        if form == "attention" and (latent_layer is None or latent_layer < 1):
+            raise ValueError(f"the attention form needs a stored latent layer >= 1, "
+                             f"got {latent_layer!r}")  # fmt: skip
         self.hidden_size, self.width, self.depth = hidden_size, width, depth
         self.form, self.dropout = form, dropout
-        self.layers = [int(layer) for layer in layers] if form == "maxsim" else []
-        self.vocab_size = vocab_size if form == "maxsim" else 0
-        if form == "maxsim":
+        # Layers of the late-interaction features (maxsim form; extra inputs of the attention
+        # form, none when empty).
+        self.layers = [int(layer) for layer in layers] if form in ("maxsim", "attention") else []
+        if self.layers and vocab_size < 1:
+            raise ValueError("late-interaction features need the vocabulary size (IDF table)")
+        self.vocab_size = vocab_size if self.layers else 0
+        self.latent_layer = int(latent_layer) if form == "attention" else None
+        self.heads, self.head_dim = (heads, head_dim) if form == "attention" else (0, 0)
+        if self.layers:
             k = num_features(self.layers)
             self.register_buffer("feature_mean", torch.zeros(k))
             self.register_buffer("feature_std", torch.ones(k))
@@ -99,6 +113,7 @@ class Predictor(nn.Module):
             self.features_out = nn.Linear(k, hidden_size)
             nn.init.zeros_(self.features_out.weight)
             nn.init.zeros_(self.features_out.bias)
+        if form == "maxsim":
             return
         self.norm_q = nn.LayerNorm(hidden_size)
         self.norm_d = nn.LayerNorm(hidden_size)
@@ -106,6 +121,10 @@ class Predictor(nn.Module):
         if form == "mlp":
             self.in_d = nn.Linear(hidden_size, width, bias=False)
             self.in_qd = nn.Linear(hidden_size, width, bias=False)
+        elif form == "attention":
+            self.attention = LatentAttention(hidden_size, heads, head_dim)
+            self.in_d = nn.Linear(hidden_size, width, bias=False)
+            self.in_a = nn.Linear(self.attention.width, width, bias=False)
         else:
             self.film = nn.Linear(hidden_size, 2 * width)
             # Identity modulation at init: (1 + gamma) = 1, beta = 0.
@@ -128,14 +147,28 @@ class Predictor(nn.Module):
             "form": self.form,
             "dropout": self.dropout,
         }
-        if self.form == "maxsim":
+        if self.form in ("maxsim", "attention"):
             config.update(layers=self.layers, vocab_size=self.vocab_size)
+        if self.form == "attention":
+            config.update(latent_layer=self.latent_layer, heads=self.heads,
+                          head_dim=self.head_dim)  # fmt: skip
         return config
 
     @property
     def uses_tokens(self) -> bool:
-        """Whether scoring needs token states and late-interaction features (maxsim form)."""
-        return self.form == "maxsim"
+        """Whether scoring needs the documents' token states (maxsim and attention forms)."""
+        return self.form in ("maxsim", "attention")
+
+    @property
+    def uses_features(self) -> bool:
+        """Whether scoring needs the late-interaction features (and the IDF table they use)."""
+        return bool(self.layers)
+
+    @property
+    def token_layers(self) -> list[int]:
+        """Decoder layers whose token states scoring reads: the features' and the latent's."""
+        latent = [] if self.latent_layer is None else [self.latent_layer]
+        return sorted({*self.layers, *latent})
 
     def fit_feature_scaling(self, features: torch.Tensor) -> None:
         """Standardise the late-interaction features with the training pairs' mean and std."""
@@ -150,24 +183,38 @@ class Predictor(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, query: torch.Tensor, doc: torch.Tensor, features: torch.Tensor | None = None
+        self,
+        query: torch.Tensor,
+        doc: torch.Tensor,
+        features: torch.Tensor | None = None,
+        latent: torch.Tensor | None = None,
+        latent_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """query [B, H] or [1, H] (broadcast over documents), doc [B, H], features [B, k]
-        (maxsim form only) -> prediction [B, H]."""
+        (when `uses_features`), latent [B, T, H] token states at `latent_layer` with mask
+        [B, T] (attention form) -> prediction [B, H]."""
         scale = query.pow(2).mean(-1, keepdim=True).sqrt()
-        if self.form == "maxsim":
+        update = 0.0
+        if self.layers:
             if features is None:
-                raise ValueError("the maxsim predictor needs late-interaction features")
+                raise ValueError(f"the {self.form} predictor needs late-interaction features")
             z = (features.to(query.dtype) - self.feature_mean) / self.feature_std
-            return query + scale * self.features_out(z)
+            update = self.features_out(z)
+        if self.form == "maxsim":
+            return query + scale * update
         q, d = self.norm_q(query), self.norm_d(doc)
         if self.form == "mlp":
             h = F.gelu(self.in_q(q) + self.in_d(d) + self.in_qd(q * d))
+        elif self.form == "attention":
+            if latent is None or latent_mask is None:
+                raise ValueError("the attention predictor needs the documents' token states")
+            a = self.attention(q, latent, latent_mask)
+            h = F.gelu(self.in_q(q) + self.in_d(d) + self.in_a(a))
         else:
             gamma, beta = self.film(d).chunk(2, dim=-1)
             h = F.gelu(self.in_q(q)) * (1 + gamma) + beta
         h = self.blocks(F.dropout(h, self.dropout, self.training))
-        return query + scale * self.out(h)
+        return query + scale * (self.out(h) + update)
 
 
 class RabtrieverScorer(nn.Module):

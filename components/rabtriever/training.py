@@ -1,13 +1,8 @@
 """On-policy training of the Rabtriever predictor on cached teacher outputs.
 
-Training never runs the LLM. Every input is cached once (`build_training_data` does it):
-- query embeddings  [Q, H]: `encode_queries` (pre-norm answer-position state, query prompt);
-- doc embeddings    [D, H]: `encode_documents` (post-norm pooled states, document prompt);
-- per teacher-scored (query, doc) pair: the teacher's answer-position state with the document in
-  the prompt (`PairStates.hidden`, AFTER the final norm) and its logits there, either the full
-  vocabulary [P, V] or the top-k (`PairStates.topk_ids` / `topk_logits`, [P, k]);
-- for the maxsim predictor, per pair its late-interaction features [P, k] (MaxSim of the two
-  texts' token states; `components/rabtriever/late_interaction.py`), which hold no trainable part.
+Training never runs the LLM: it reads the cached embeddings and teacher outputs of
+`components/rabtriever/distillation_data.py`; only on-policy rounds ask the teacher for more
+(`components/rabtriever/rounds.py`).
 
 Each epoch the student scores every training query's candidate pool (the pairs the teacher
 scored) with its current predictor and keeps its own top-m: on-policy, so training spends its
@@ -22,76 +17,30 @@ a constant learning rate, no warm-up), whose task hook picks each epoch's pairs 
 predictor. Resuming: the loop's checkpoint after every epoch holds the predictor, the optimizer,
 the loop state and this task's history; data order and dropout are functions of (seed, epoch),
 so a resumed run repeats exactly what an uninterrupted run would have done.
+
+Then, with `rabtriever.rounds` > 0, the distillation is on-policy in the full sense: each round
+the student ranks a wider candidate pool than the teacher's list, the teacher scores the
+student's own top documents it has not seen, and training continues on the grown pools.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from components.config import RabtrieverParams
+from components.rabtriever.distillation_data import JepaTrainingData
 from components.rabtriever.jepa_loss import jepa_loss
-from components.rabtriever.model import Rabtriever
 from components.rabtriever.predictor import Predictor, RabtrieverScorer
 from components.rabtriever.reverse_kl import reverse_kl
-from components.teacher.reranker import LLMReranker, PairStates
 from components.training import loop
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TeacherPairs:
-    """The teacher's outputs for the (query, doc) pairs it scored, row-aligned."""
-
-    query_index: torch.Tensor  # [P] long, row in the query embeddings
-    doc_index: torch.Tensor  # [P] long, row in the document embeddings
-    hidden: torch.Tensor  # [P, H] answer-position state AFTER the final norm
-    logits: torch.Tensor  # [P, V] full vocab, or [P, k] values at `logit_ids`
-    logit_ids: torch.Tensor | None = None  # [P, k] vocab ids; None: `logits` is full vocab
-    scores: torch.Tensor | None = None  # [P] teacher scores (only for agreement statistics)
-
-    def __post_init__(self):
-        n = len(self.query_index)
-        if not (len(self.doc_index) == len(self.hidden) == len(self.logits) == n):
-            raise ValueError("query_index, doc_index, hidden and logits must have one row per pair")
-        if self.logit_ids is not None and self.logit_ids.shape != self.logits.shape:
-            raise ValueError(f"logit ids {self.logit_ids.shape} != logits {self.logits.shape}")
-
-    @classmethod
-    def from_pair_states(
-        cls, query_index: Sequence[int], doc_index: Sequence[int], states: PairStates
-    ) -> TeacherPairs:
-        """From `LLMReranker.forward_pair_states(pairs, top_k=k)` (k > 0: its top-k logits)."""
-        if states.topk_logits is None:
-            raise ValueError("forward_pair_states was run without top_k; no logits to distil")
-        return cls(
-            query_index=torch.as_tensor(query_index, dtype=torch.long),
-            doc_index=torch.as_tensor(doc_index, dtype=torch.long),
-            hidden=states.hidden,
-            logits=states.topk_logits,
-            logit_ids=states.topk_ids,
-            scores=states.scores,
-        )
-
-
-@dataclass
-class JepaTrainingData:
-    """Everything training reads, cached: embeddings plus the teacher's pair outputs."""
-
-    query_embs: torch.Tensor  # [Q, H] pre-norm query states
-    doc_embs: torch.Tensor  # [D, H] pooled post-norm document states
-    pairs: TeacherPairs
-    query_ids: Sequence[str] | None = None  # names for the sampling record; default: row numbers
-    doc_ids: Sequence[str] | None = None
-    features: torch.Tensor | None = None  # [P, k] late-interaction features (maxsim predictor)
-
-    def pair_features(self, rows: torch.Tensor) -> torch.Tensor | None:
-        return None if self.features is None else self.features[rows]
 
 
 @dataclass
@@ -110,57 +59,17 @@ class JepaTrainResult:
     epochs: list[EpochStats]
     steps: int
     final_agreement: float | None
+    rounds: list = field(default_factory=list)  # a `RoundRecord` per on-policy round
 
 
 LogFn = Callable[[int, dict[str, float]], None]
 
 
-def build_training_data(
-    retriever: Rabtriever,
-    queries: Mapping[str, str],
-    corpus: Mapping[str, str],
-    pools: Mapping[str, Sequence[str]],
-    top_k: int = 64,
-    batch_size: int = 8,
-) -> JepaTrainingData:
-    """Run the frozen LLM once over everything training needs.
+class PoolGrower(Protocol):
+    """What grows the training pools between rounds (`components/rabtriever/rounds.py`)."""
 
-    `pools`: qid -> the documents the teacher ranked for it (e.g. its top-n of the BM25 run).
-    The teacher is the retriever's own LLM with the same prompt and truncation, which is what
-    makes its states valid targets for this student. Only pooled documents are encoded.
-    `top_k`: teacher logits cached per pair (k of the vocabulary; the full row would be 49k).
-    """
-    qids = [q for q in queries if pools.get(q)]
-    docids = list(dict.fromkeys(d for q in qids for d in pools[q]))
-    q_row = {q: i for i, q in enumerate(qids)}
-    d_row = {d: i for i, d in enumerate(docids)}
-    pairs = [(q, d) for q in qids for d in dict.fromkeys(pools[q])]
-    teacher = LLMReranker(
-        retriever.model, retriever.tokenizer, retriever.template, retriever.max_doc_tokens,
-        bf16=retriever.bf16,
-    )  # fmt: skip
-    log.info(
-        "caching teacher outputs: %d queries, %d docs, %d pairs", *map(len, (qids, docids, pairs))
-    )
-    states = teacher.forward_pair_states(
-        [(corpus[d], queries[q]) for q, d in pairs], batch_size=batch_size, top_k=top_k
-    )
-    doc_embs, doc_tokens = retriever.encode_corpus([corpus[d] for d in docids], batch_size)
-    teacher_pairs = TeacherPairs.from_pair_states(
-        [q_row[q] for q, _ in pairs], [d_row[d] for _, d in pairs], states
-    )
-    query_texts = [queries[q] for q in qids]
-    return JepaTrainingData(
-        query_embs=retriever.encode_queries(query_texts, batch_size),
-        doc_embs=doc_embs,
-        pairs=teacher_pairs,
-        query_ids=qids,
-        doc_ids=docids,
-        features=retriever.pair_features(
-            query_texts, doc_embs, doc_tokens, teacher_pairs.query_index,
-            teacher_pairs.doc_index, batch_size,
-        ),  # fmt: skip
-    )
+    def grow(self, predictor: Predictor, scorer: RabtrieverScorer, data: JepaTrainingData,
+             round_index: int, folder: Path | None) -> Any: ...  # fmt: skip
 
 
 @torch.no_grad()
@@ -170,14 +79,11 @@ def student_scores(
     """[P] current student scores of every teacher-scored pair."""
     was_training = predictor.training
     predictor.eval()
-    pairs, out = data.pairs, torch.empty(len(data.pairs.query_index))
-    device = next(predictor.parameters()).device
-    for start in range(0, len(out), batch_size):
-        rows = slice(start, start + batch_size)
-        q = data.query_embs[pairs.query_index[rows]].to(device)
-        d = data.doc_embs[pairs.doc_index[rows]].to(device)
-        f = data.pair_features(torch.arange(len(out))[rows])
-        out[rows] = scorer.score(predictor(q, d, None if f is None else f.to(device))).cpu()
+    out = torch.empty(len(data.pairs.query_index))
+    if predictor.latent_layer is not None:  # token states [n, T, H] per pass: small passes
+        batch_size = min(batch_size, 256)
+    for rows in torch.arange(len(out)).split(batch_size):
+        out[rows] = scorer.score(data.predict(predictor, rows)).cpu()
     predictor.train(was_training)
     return out
 
@@ -228,29 +134,25 @@ def _step_losses(
     rows: torch.Tensor,
     params: RabtrieverParams,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    device = next(predictor.parameters()).device
+    """(JEPA, reverse KL) of these pair rows; a loss whose weight is 0 is not computed (0)."""
     pairs = data.pairs
-    features = data.pair_features(rows)
-    pred = predictor(
-        data.query_embs[pairs.query_index[rows]].to(device),
-        data.doc_embs[pairs.doc_index[rows]].to(device),
-        None if features is None else features.to(device),
-    )
-    jepa = jepa_loss(
+    pred = data.predict(predictor, rows)
+    device, zero = pred.device, pred.new_zeros(())
+    jepa = zero if params.jepa_weight == 0 else jepa_loss(
         scorer.normalize(pred),
         pairs.hidden[rows].to(device),
         form=params.jepa_form,
         temperature=params.jepa_temperature,
         normalize=params.jepa_normalize,
         beta=params.smooth_l1_beta,
-    )
-    rkl = reverse_kl(
+    )  # fmt: skip
+    rkl = zero if params.rkl_weight == 0 else reverse_kl(
         scorer.vocab_logits(pred),
         pairs.logits[rows].to(device),
         None if pairs.logit_ids is None else pairs.logit_ids[rows].to(device),
         top_k=params.rkl_top_k,
         temperature=params.rkl_temperature,
-    )
+    )  # fmt: skip
     return jepa, rkl
 
 
@@ -317,6 +219,44 @@ class OnPolicyTask:
                         rkl=h.rkl / max(h.steps, 1)) for h in self.history]
 
 
+def _train_round(
+    predictor: Predictor,
+    scorer: RabtrieverScorer,
+    data: JepaTrainingData,
+    params: RabtrieverParams,
+    log_fn: LogFn | None,
+    checkpoint_dir: str | Path | None,
+    *,
+    seed: int,
+    epochs: int,
+    round_index: int,
+    step_offset: int,
+) -> tuple[list[EpochStats], int]:
+    """`epochs` on-policy epochs over the current pools, on the shared loop (fresh optimizer)."""
+    task = OnPolicyTask(scorer, data, params, seed)
+    steps_per_epoch = -(-len(task) // params.batch_size)
+    settings = loop.LoopSettings(
+        lr=params.lr, weight_decay=params.weight_decay, batch_size=params.batch_size,
+        max_steps=epochs * steps_per_epoch, decay=False, grad_clip=params.grad_clip,
+        checkpoint_every=steps_per_epoch,
+    )  # fmt: skip
+    exclude = {"epochs"} if round_index == 0 else {"epochs", "round_epochs"}
+    identity = {**params.model_dump(exclude=exclude), "seed": seed, "round": round_index,
+                "predictor": predictor.config}
+
+    def on_step(m: loop.StepMetrics) -> None:
+        log_fn(step_offset + m.step, {"loss": m.loss, **m.parts, "epoch": float(m.epoch),
+                                      "round": float(round_index)})  # fmt: skip
+
+    result = loop.train(predictor, task, settings, checkpoint_dir,
+                        on_step if log_fn is not None else None, seed=seed, identity=identity)
+    history = task.result()
+    for stats in history:
+        log.info("round %d epoch %d: loss %.4f (jepa %.4f, rkl %.4f), agreement at start %s",
+                 round_index, stats.epoch, stats.loss, stats.jepa, stats.rkl, stats.agreement)
+    return history, result.steps_done
+
+
 def train_predictor(
     predictor: Predictor,
     scorer: RabtrieverScorer,
@@ -326,38 +266,39 @@ def train_predictor(
     checkpoint_dir: str | Path | None = None,
     *,
     seed: int,
+    rounds: PoolGrower | None = None,
 ) -> JepaTrainResult:
     """Train `predictor` in place (see the module docstring); resume from `checkpoint_dir`.
 
     Loss = `jepa_weight` x JEPA + `rkl_weight` x reverse KL. `log_fn(step, {"loss", "jepa",
-    "rkl", "epoch"})` is called after every optimizer step. `params.epochs` may grow between a
-    run and its resumption (the learning rate is constant); any other change is refused.
+    "rkl", "epoch", "round"})` is called after every optimizer step. `params.epochs` over the
+    given pools; then, with `rounds`, `params.rounds` on-policy rounds: each lets `rounds` grow
+    the pools with the teacher's scores of the student's own new candidates (`rounds.grow`,
+    `components/rabtriever/rounds.py`) and trains `params.round_epochs` more epochs. Each round
+    checkpoints into its own folder (`round<r>`); a resumed run repeats no teacher call. The
+    epoch counts may grow between a run and its resumption (the learning rate is constant); any
+    other change is refused.
     """
     if any(p.requires_grad for p in scorer.parameters()):
         raise ValueError("the LLM's norm and LM head must be frozen (Rabtriever freezes them)")
-    if predictor.uses_tokens:  # a resumed run then loads the same statistics with the weights
+    if predictor.uses_features:  # a resumed run then loads the same statistics with the weights
         if data.features is None:
-            raise ValueError("the maxsim predictor trains on pair features: none were given")
+            raise ValueError(f"the {predictor.form} predictor trains on pair features: "
+                             "none were given")  # fmt: skip
+        # Fitted once, on the first pools: the rounds' pairs must not move what was learnt.
         predictor.fit_feature_scaling(data.features)
-    task = OnPolicyTask(scorer, data, params, seed)
-    steps_per_epoch = -(-len(task) // params.batch_size)
-    settings = loop.LoopSettings(
-        lr=params.lr, weight_decay=params.weight_decay, batch_size=params.batch_size,
-        max_steps=params.epochs * steps_per_epoch, decay=False, grad_clip=params.grad_clip,
-        checkpoint_every=steps_per_epoch,
-    )  # fmt: skip
-    identity = {**params.model_dump(exclude={"epochs"}), "seed": seed,
-                "predictor": predictor.config}
-
-    def on_step(m: loop.StepMetrics) -> None:
-        log_fn(m.step, {"loss": m.loss, **m.parts, "epoch": float(m.epoch)})
-
-    result = loop.train(predictor, task, settings, checkpoint_dir,
-                        on_step if log_fn is not None else None, seed=seed, identity=identity)
-    history = task.result()
-    for stats in history:
-        log.info("epoch %d: loss %.4f (jepa %.4f, rkl %.4f), agreement at start %s",
-                 stats.epoch, stats.loss, stats.jepa, stats.rkl, stats.agreement)
+    history, steps = _train_round(predictor, scorer, data, params, log_fn, checkpoint_dir,
+                                  seed=seed, epochs=params.epochs, round_index=0, step_offset=0)
+    records: list = []
+    for round_index in range(1, params.rounds + 1 if rounds is not None else 1):
+        folder = None if checkpoint_dir is None else Path(checkpoint_dir) / f"round{round_index}"
+        records.append(rounds.grow(predictor, scorer, data, round_index, folder))
+        more, done = _train_round(
+            predictor, scorer, data, params, log_fn, folder, seed=seed + 1_000_003 * round_index,
+            epochs=params.round_epochs, round_index=round_index, step_offset=steps,
+        )  # fmt: skip
+        history += more
+        steps += done
     predictor.eval()
     groups, teacher = data.pairs.query_index, data.pairs.scores
     final = None
@@ -365,4 +306,4 @@ def train_predictor(
         final = pairwise_agreement(
             student_scores(predictor, scorer, data, params.score_batch_size), teacher, groups
         )
-    return JepaTrainResult(epochs=history, steps=result.steps_done, final_agreement=final)
+    return JepaTrainResult(epochs=history, steps=steps, final_agreement=final, rounds=records)

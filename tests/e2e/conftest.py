@@ -126,7 +126,9 @@ def apply_test_profile(params: dict, tiny_model: Path) -> None:
     params["rank_lists"].update(train_queries=6, depth=5, train_depth=4, top_k_logits=16,
                                 document_layers=[], latency_queries=4)
     params["rabtriever"].update(epochs=2, predictor_width=64, top_m=2, full_k=20,
-                                maxsim_layers=[0, 2])
+                                maxsim_layers=[0, 2], latent_layer=2, attention_heads=2,
+                                attention_head_dim=8, rounds=1, round_epochs=1, round_pool=8,
+                                round_budget=4, latency_queries=4)
     params["promote"].update(queries=5, depth=5)
     params["dgr"].update(stage1_steps=3, stage2_steps=2, batch_size=2, num_beams=3,
                          top_layers=1, num_passages=3, semantic_dims=8, checkpoint_every=1,

@@ -94,6 +94,11 @@ def test_pipeline_produces_outputs_and_metrics(pipeline_result):
     student = json.loads((out / "rabtriever/summary.json").read_text())
     assert kept >= student["corpus_docs"] > 0
     assert student["docs_encoded"] < student["corpus_docs"] / 10
+    # One on-policy round: the student ranked BM25's top 8 of each of the 6 distillation queries
+    # (more than the 4 the teacher scored in rank_lists); the teacher answered at most 4 asks.
+    [record] = student["rounds"]
+    assert record["candidates"] > 6 * 4 and record["asked"] <= 4
+    assert student["teacher_pairs"] == 6 * 4 + record["asked"]
     assert not (out / "runs/rabtriever_full/test.trec").exists()
 
 

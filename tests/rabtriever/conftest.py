@@ -1,7 +1,8 @@
 """Rabtriever fixtures: the tiny 2-layer Llama of tests/conftest.py (real SmolLM2 tokenizer), a toy
 collection, and the tiny teacher's outputs on it, cached once per session as the real pipeline
 caches the trained teacher's. Students get the shipped predictor form (`params.yaml`:
-`rabtriever.predictor_form: maxsim`); tests of the other forms build theirs explicitly."""
+`rabtriever.predictor_form: attention`, with the late-interaction features as extra inputs);
+tests of the other forms build theirs explicitly."""
 
 from __future__ import annotations
 
@@ -15,17 +16,22 @@ from components.llm.base_model import (
     load_tokenizer,
 )
 from components.llm.prompts import PromptTemplate
+from components.rabtriever.distillation_data import (
+    JepaTrainingData,
+    TeacherPairs,
+    build_training_data,
+)
 from components.rabtriever.model import Rabtriever
 from components.rabtriever.predictor import Predictor
-from components.rabtriever.training import JepaTrainingData, TeacherPairs, build_training_data
 from components.teacher.data import document_text, toy_retrieval_data
 from components.teacher.reranker import LLMReranker, PairStates
 
 MAX_DOC_TOKENS = 48
 TOP_K = 64  # cached teacher logits per pair
-# The shipped `rabtriever.maxsim_layers` ([0, 5]) on the 2-layer tiny teacher: its token
-# embeddings and its last decoder layer.
+# The shipped `rabtriever.maxsim_layers` ([0, 5]) and `latent_layer` (5) on the 2-layer tiny
+# teacher: its token embeddings and its last decoder layer.
 LAYERS = [0, 2]
+LATENT_LAYER = 2
 
 
 @dataclass
@@ -68,16 +74,19 @@ def tiny_tokenizer(tiny_model_master):
     return load_tokenizer(tiny_model_master)
 
 
-def maxsim_predictor(model) -> Predictor:
-    """A fresh predictor of the shipped form for `model`."""
+def shipped_predictor(model, form: str = "attention") -> Predictor:
+    """A fresh predictor of the shipped form (or the maxsim form) for `model`, small."""
     vocab = model.get_input_embeddings().num_embeddings
-    return Predictor(model.config.hidden_size, form="maxsim", layers=LAYERS, vocab_size=vocab)
+    return Predictor(model.config.hidden_size, width=32, form=form, layers=LAYERS,
+                     vocab_size=vocab, latent_layer=LATENT_LAYER, heads=2,
+                     head_dim=8)  # fmt: skip
 
 
-def maxsim_rabtriever(model, tokenizer, template, corpus: dict[str, str], **kw) -> Rabtriever:
-    """A student with a fresh maxsim predictor whose IDF table is fitted on `corpus`, as the
+def shipped_rabtriever(model, tokenizer, template, corpus: dict[str, str], form: str = "attention",
+                       **kw) -> Rabtriever:  # fmt: skip
+    """A student with a fresh predictor whose IDF table is fitted on `corpus`, as the
     `rabtriever` stage fits it on the corpus before training."""
-    student = Rabtriever(model, tokenizer, template, maxsim_predictor(model),
+    student = Rabtriever(model, tokenizer, template, shipped_predictor(model, form),
                          max_doc_tokens=MAX_DOC_TOKENS, **kw)  # fmt: skip
     student.fit_idf(list(corpus.values()))
     return student
@@ -85,12 +94,12 @@ def maxsim_rabtriever(model, tokenizer, template, corpus: dict[str, str], **kw) 
 
 @pytest.fixture
 def make_rabtriever(teacher_model, tiny_tokenizer, template, toy):
-    """Students on the shared tiny teacher: the shipped maxsim form (IDF fitted on the toy
-    corpus) unless a `predictor` is given."""
+    """Students on the shared tiny teacher: the shipped attention form (IDF fitted on the toy
+    corpus) unless a `predictor` or another `form` is given."""
 
     def make(**kw) -> Rabtriever:
         if "predictor" not in kw:
-            return maxsim_rabtriever(teacher_model, tiny_tokenizer, template, toy.corpus, **kw)
+            return shipped_rabtriever(teacher_model, tiny_tokenizer, template, toy.corpus, **kw)
         return Rabtriever(
             teacher_model, tiny_tokenizer, template, max_doc_tokens=MAX_DOC_TOKENS, **kw
         )
@@ -113,9 +122,9 @@ def indexed_rabtriever(make_rabtriever, toy) -> Rabtriever:
 
 @pytest.fixture(scope="session")
 def teacher_cache(teacher_model, tiny_tokenizer, template, toy) -> TeacherCache:
-    """Query/doc embeddings and the maxsim pair features from the frozen LLM, and the teacher's
-    pair states for every pool."""
-    student = maxsim_rabtriever(teacher_model, tiny_tokenizer, template, toy.corpus)
+    """Query/doc embeddings, the documents' token states and the pair features from the frozen
+    LLM, and the teacher's pair states for every pool."""
+    student = shipped_rabtriever(teacher_model, tiny_tokenizer, template, toy.corpus)
     data = build_training_data(student, toy.queries, toy.corpus, toy.pools, top_k=TOP_K)
     # The same pairs through the teacher directly, for independent checks.
     teacher = LLMReranker(teacher_model, tiny_tokenizer, template, max_doc_tokens=MAX_DOC_TOKENS)
@@ -135,4 +144,4 @@ def full_vocab_data(teacher_cache, teacher_model) -> JepaTrainingData:
         scores=data.pairs.scores,
     )  # fmt: skip
     return JepaTrainingData(data.query_embs, data.doc_embs, pairs, data.query_ids, data.doc_ids,
-                            data.features)  # fmt: skip
+                            data.features, data.doc_tokens)  # fmt: skip

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from components.rabtriever.distillation_data import build_training_data
 from components.rabtriever.encoding import (
     encode_document_tokens,
     encode_queries,
@@ -18,7 +19,7 @@ from components.rabtriever.encoding import (
 from components.rabtriever.late_interaction import TokenStates, fit_idf, maxsim_features
 from components.rabtriever.model import Rabtriever
 from components.rabtriever.predictor import Predictor
-from components.rabtriever.training import build_training_data, train_predictor
+from components.rabtriever.training import train_predictor
 from tests.helpers import section
 
 from .conftest import MAX_DOC_TOKENS

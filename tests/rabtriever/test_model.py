@@ -14,7 +14,7 @@ from components.rabtriever.encoding import encode_documents, encode_queries
 from components.rabtriever.model import Rabtriever
 from components.teacher.reranker import LLMReranker, answer_logits, yes_no_score
 
-from .conftest import MAX_DOC_TOKENS, maxsim_predictor
+from .conftest import MAX_DOC_TOKENS, shipped_predictor
 
 QUERIES = ["Tell me about the harbor.", "q", "A longer query about several different things."]
 
@@ -69,17 +69,17 @@ def test_readout_is_the_teachers(make_rabtriever, teacher_cache):
     )
 
 
-@pytest.mark.parametrize("form", ["maxsim", "mlp"])
+@pytest.mark.parametrize("form", ["attention", "maxsim", "mlp"])
 def test_untrained_student_scores_every_document_as_the_teacher_scores_the_query_alone(
     tiny_model_master, toy, teacher_model, tiny_tokenizer, template, form
 ):
-    # maxsim: the shipped form; mlp: what `predictor=None` gives.
-    predictor = maxsim_predictor(teacher_model) if form == "maxsim" else None
+    # attention: the shipped form; mlp: what `predictor=None` gives.
+    predictor = shipped_predictor(teacher_model, form) if form != "mlp" else None
     retriever = Rabtriever.from_pretrained(
         tiny_model_master, predictor=predictor, max_doc_tokens=MAX_DOC_TOKENS
     )
     assert retriever.predictor.form == form
-    if form == "maxsim":
+    if form != "mlp":
         retriever.fit_idf(list(toy.corpus.values()))
     retriever.index(toy.corpus)
     query = toy.queries["q0"]
@@ -144,6 +144,13 @@ def test_rerank_and_search_agree_with_score(make_rabtriever, toy):
     both = retriever.rerank({"q1": query, "q2": toy.queries["q2"]},
                             {"q1": candidates, "q2": []})
     assert both == {"q1": ranked, "q2": []}
+    # Queries encoded together (batched LLM passes) score as each does alone.
+    pair = retriever.rerank({"q1": query, "q2": toy.queries["q2"]},
+                            {"q1": candidates, "q2": candidates})  # fmt: skip
+    alone = retriever.rerank({"q2": toy.queries["q2"]}, {"q2": candidates})["q2"]
+    for got, want in ((pair["q1"], ranked), (pair["q2"], alone)):
+        assert [d for d, _ in got] == [d for d, _ in want]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-4)
 
 
 def test_save_load_round_trip(make_rabtriever, toy, tiny_model_master, tmp_path):

@@ -92,7 +92,7 @@ def test_training_learns_the_teachers_ranking_and_leaves_the_llm_untouched(
     assert not any(p.requires_grad for p in model.parameters())
 
     assert [s for s, _ in logged] == list(range(1, result.steps + 1))
-    assert set(logged[0][1]) == {"loss", "jepa", "rkl", "epoch"}
+    assert set(logged[0][1]) == {"loss", "jepa", "rkl", "epoch", "round"}
     n_queries = len(data.query_ids)
     assert result.steps == PARAMS.epochs * -(-n_queries * PARAMS.top_m // PARAMS.batch_size)
     pools = {}
