@@ -281,9 +281,9 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
         retriever.predictor.eval()
         for stats in result.epochs:
             print(
-                f"epoch {stats.epoch}: loss {stats.loss:.4f} (jepa {stats.jepa:.4f}, "
-                f"rkl {stats.rkl:.4f}) agreement with teacher at epoch start "
-                f"{stats.agreement}"
+                f"round {stats.round} epoch {stats.epoch}: loss {stats.loss:.4f} "
+                f"(jepa {stats.jepa:.4f}, rkl {stats.rkl:.4f}) agreement with teacher at "
+                f"epoch start {stats.agreement}"
             )
 
         started = time.perf_counter()

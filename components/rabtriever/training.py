@@ -52,6 +52,7 @@ class EpochStats:
     rkl: float
     agreement: float | None  # student/teacher pairwise agreement on the pools at epoch start
     sampled: dict[str, list[str]] = field(default_factory=dict)  # qid -> docs trained on
+    round: int = 0  # the on-policy round (0: the first pools); `epoch` counts within it
 
 
 @dataclass
@@ -250,7 +251,7 @@ def _train_round(
 
     result = loop.train(predictor, task, settings, checkpoint_dir,
                         on_step if log_fn is not None else None, seed=seed, identity=identity)
-    history = task.result()
+    history = [replace(h, round=round_index) for h in task.result()]
     for stats in history:
         log.info("round %d epoch %d: loss %.4f (jepa %.4f, rkl %.4f), agreement at start %s",
                  round_index, stats.epoch, stats.loss, stats.jepa, stats.rkl, stats.agreement)
