@@ -206,6 +206,8 @@ class RabtrieverParams(Section):
     def _maxsim_has_layers(self) -> RabtrieverParams:
         if self.predictor_form == "maxsim" and not self.maxsim_layers:
             raise ValueError("predictor_form maxsim needs at least one of maxsim_layers")
+        if self.jepa_weight + self.rkl_weight == 0:
+            raise ValueError("jepa_weight and rkl_weight are both 0: nothing to train on")
         return self
 
 

@@ -257,8 +257,10 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
 
         started = time.perf_counter()
         checkpoints = layout.checkpoints("rabtriever")
+        # The teacher too: a round's stored answers are the teacher's, reused on resume.
         run_dir = checkpoints / run_key(
-            {"params": params.model_dump(), "data": tracking.dvc_data_hash(dataset_dir)}
+            {"params": params.model_dump(), "data": tracking.dvc_data_hash(dataset_dir),
+             "teacher": model_fingerprint(layout.teacher_model)}
         )
         rounds, round_docs = None, 0
         if cfg.rounds:

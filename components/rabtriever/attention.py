@@ -52,8 +52,11 @@ class LatentAttention(nn.Module):
         # Fold W_k onto the query: (W_k q)^T-side product in the latent's own space.
         folded = (q @ self.key.weight.view(heads, dim, hidden)).squeeze(2)  # [B, h, H]
         scores = torch.einsum("bhe,bte->bht", folded, latent) / math.sqrt(dim)
-        scores = scores.masked_fill(~mask[:, None, :].to(scores.device), float("-inf"))
-        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a document with no tokens: 0
+        keep = mask[:, None, :].to(scores.device)
+        # The dtype's minimum, not -inf: a document with no tokens gets zero weights and a
+        # finite gradient (softmax over all -inf would be NaN both ways).
+        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1) * keep
         context = torch.einsum("bht,bte->bhe", weights, latent)  # [B, h, H]
         out = torch.einsum("bhe,hde->bhd", context, self.value.weight.view(heads, dim, hidden))
         return out.reshape(len(query), heads * dim)

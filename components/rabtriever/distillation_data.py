@@ -83,7 +83,7 @@ class JepaTrainingData:
     pairs: TeacherPairs
     query_ids: Sequence[str] | None = None  # names for the sampling record; default: row numbers
     doc_ids: Sequence[str] | None = None
-    features: torch.Tensor | None = None  # [P, k] late-interaction features (maxsim predictor)
+    features: torch.Tensor | None = None  # [P, k] late-interaction features, when read
     doc_tokens: TokenStates | None = None  # per document row (attention predictor's latent)
 
     @classmethod
@@ -141,8 +141,10 @@ class JepaTrainingData:
                       tokens: TokenStates | None) -> None:  # fmt: skip
         """Append document rows (ids new to this data, in order)."""
         self.doc_ids = [*(self.doc_ids or map(str, range(len(self.doc_embs)))), *doc_ids]
+        if (self.doc_tokens is None) != (tokens is None):
+            raise ValueError("documents with token states and without cannot share one table")
         self.doc_embs = torch.cat([self.doc_embs, embs])
-        if self.doc_tokens is not None and tokens is not None:
+        if self.doc_tokens is not None:
             self.doc_tokens = TokenStates.concat([self.doc_tokens, tokens])
 
     def add_pairs(self, pairs: TeacherPairs, features: torch.Tensor | None) -> None:

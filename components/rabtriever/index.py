@@ -1,13 +1,13 @@
 """The Rabtriever's document index: every document encoded once, without any query.
 
 Row i holds document `doc_ids[i]`: its pooled embedding (`embeddings` [N, H], fp32) and, for the
-maxsim predictor, its token states (`tokens`). Scoring reads rows by position; `row` maps an id
-to its row.
+predictors that read them (attention, maxsim), its token states (`tokens`). Scoring reads rows
+by position; `row` maps an id to its row.
 
 On disk (one folder, no pickle): `doc_embeddings.npy` (float32, row i = `doc_ids.json`[i]) plus
 `doc_index.json` (what the rows were encoded with: pooling, document cuts, prompt template
 fingerprint, hidden size, stored token layers; checked on load, a mismatch means re-encode), and
-for maxsim `doc_token_ids.npy` (int32, -1 padding), `doc_token_states_L<l>.npy` (fp16, unit
+with token states `doc_token_ids.npy` (int32, -1 padding), `doc_token_states_L<l>.npy` (fp16, unit
 norm) per stored layer and `doc_tokens.json` (`TokenStates.save`).
 """
 

@@ -53,7 +53,7 @@ class Predictor(nn.Module):
         (`fit_feature_scaling`); the IDF table the features use travels with the weights
         (`idf`, fitted on the whole corpus). Width and depth are unused. With a few hundred
         teacher pairs this small map generalises where an MLP over pooled vectors overfits
-        (docs/studies.md, `maxsim_study.py`).
+        (docs/studies.md).
     form="mlp": h = MLP([q; d; q*d]) over the pooled vector only. The element-wise product is
         the cheapest explicit query-document interaction (as in InferSent/ESIM matching
         features). The first layer is split into W_q q + W_d d + W_qd (q*d), so in a corpus

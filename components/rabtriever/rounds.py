@@ -2,8 +2,8 @@
 
 Round r (1 .. `rabtriever.rounds`), after the training on `rank_lists`' fixed pools:
 1. the student scores every distillation query's wide candidate pool: the first stage's top
-   `rabtriever.round_pool` (at least three times the teacher's rerank depth), each document
-   encoded alone like any indexed one;
+   `rabtriever.round_pool` (wider than the `rank_lists.train_depth` the teacher scored; three
+   times it by default), each document encoded alone like any indexed one;
 2. per query, the documents of the student's own top-`top_m` that the teacher has not scored are
    the round's asks, taken rank by rank across queries (every query's best new candidate before
    any query's second) until `round_budget` teacher calls;

@@ -232,6 +232,7 @@ def _train_round(
     epochs: int,
     round_index: int,
     step_offset: int,
+    epoch_offset: int,
 ) -> tuple[list[EpochStats], int]:
     """`epochs` on-policy epochs over the current pools, on the shared loop (fresh optimizer)."""
     task = OnPolicyTask(scorer, data, params, seed)
@@ -241,12 +242,15 @@ def _train_round(
         max_steps=epochs * steps_per_epoch, decay=False, grad_clip=params.grad_clip,
         checkpoint_every=steps_per_epoch,
     )  # fmt: skip
-    exclude = {"epochs"} if round_index == 0 else {"epochs", "round_epochs"}
+    # A round's identity leaves out only the count it trains, which may grow on resume: a
+    # change of the epochs before it (which its stored asks and weights depend on) is refused.
+    exclude = {"epochs", "round_epochs"} if round_index == 0 else {"round_epochs"}
     identity = {**params.model_dump(exclude=exclude), "seed": seed, "round": round_index,
                 "predictor": predictor.config}
 
     def on_step(m: loop.StepMetrics) -> None:
-        log_fn(step_offset + m.step, {"loss": m.loss, **m.parts, "epoch": float(m.epoch),
+        log_fn(step_offset + m.step, {"loss": m.loss, **m.parts,
+                                      "epoch": float(epoch_offset + m.epoch),
                                       "round": float(round_index)})  # fmt: skip
 
     result = loop.train(predictor, task, settings, checkpoint_dir,
@@ -272,13 +276,14 @@ def train_predictor(
     """Train `predictor` in place (see the module docstring); resume from `checkpoint_dir`.
 
     Loss = `jepa_weight` x JEPA + `rkl_weight` x reverse KL. `log_fn(step, {"loss", "jepa",
-    "rkl", "epoch", "round"})` is called after every optimizer step. `params.epochs` over the
+    "rkl", "epoch", "round"})` is called after every optimizer step ("epoch" counts on across
+    rounds). `params.epochs` over the
     given pools; then, with `rounds`, `params.rounds` on-policy rounds: each lets `rounds` grow
     the pools with the teacher's scores of the student's own new candidates (`rounds.grow`,
     `components/rabtriever/rounds.py`) and trains `params.round_epochs` more epochs. Each round
     checkpoints into its own folder (`round<r>`); a resumed run repeats no teacher call. The
-    epoch counts may grow between a run and its resumption (the learning rate is constant); any
-    other change is refused.
+    epoch count of the part a run was interrupted in may grow on resumption (the learning rate
+    is constant); any other change is refused.
     """
     if any(p.requires_grad for p in scorer.parameters()):
         raise ValueError("the LLM's norm and LM head must be frozen (Rabtriever freezes them)")
@@ -289,7 +294,8 @@ def train_predictor(
         # Fitted once, on the first pools: the rounds' pairs must not move what was learnt.
         predictor.fit_feature_scaling(data.features)
     history, steps = _train_round(predictor, scorer, data, params, log_fn, checkpoint_dir,
-                                  seed=seed, epochs=params.epochs, round_index=0, step_offset=0)
+                                  seed=seed, epochs=params.epochs, round_index=0, step_offset=0,
+                                  epoch_offset=0)  # fmt: skip
     records: list = []
     for round_index in range(1, params.rounds + 1 if rounds is not None else 1):
         folder = None if checkpoint_dir is None else Path(checkpoint_dir) / f"round{round_index}"
@@ -297,6 +303,7 @@ def train_predictor(
         more, done = _train_round(
             predictor, scorer, data, params, log_fn, folder, seed=seed + 1_000_003 * round_index,
             epochs=params.round_epochs, round_index=round_index, step_offset=steps,
+            epoch_offset=params.epochs + (round_index - 1) * params.round_epochs,
         )  # fmt: skip
         history += more
         steps += done

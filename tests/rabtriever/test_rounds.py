@@ -130,3 +130,24 @@ def test_a_loss_weighted_zero_is_not_computed(make_rabtriever, teacher_cache, ze
     assert all(math.isfinite(e.loss) for e in result.epochs)
     part = "rkl" if zero == "rkl_weight" else "jepa"
     assert all(getattr(e, part) == 0.0 for e in result.epochs)
+
+
+def test_params_refuse_a_student_with_nothing_to_train_on():
+    with pytest.raises(ValueError, match="both 0"):
+        section("rabtriever", jepa_weight=0.0, rkl_weight=0.0)
+    with pytest.raises(ValueError, match="maxsim_layers"):
+        section("rabtriever", predictor_form="maxsim", maxsim_layers=[])
+
+
+def test_an_empty_document_gets_zero_attention_and_finite_gradients():
+    from components.rabtriever.attention import LatentAttention
+
+    attention = LatentAttention(8, heads=2, head_dim=4)
+    query = torch.randn(2, 8, requires_grad=True)
+    latent = torch.randn(2, 3, 8)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    out = attention(query, latent, mask)
+    assert torch.equal(out[1], torch.zeros(8))
+    out.sum().backward()
+    assert torch.isfinite(query.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in attention.parameters())

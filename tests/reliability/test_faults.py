@@ -49,13 +49,22 @@ LATENCY_CELL = re.compile(r"[\d.]+ / [\d.]+")  # "median / p95" in results.md
 CURVE_TIMINGS = {"tokens_per_s", "elapsed_s"}
 
 
+def _without_timings(value):
+    """A JSON value without its timing keys, at any depth (Rabtriever's per-round records)."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if not TIMINGS.search(k)}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
 def _digest(path: Path) -> str:
     """md5 of a file, without the wall-clock measurements it holds (they vary per run): a
-    student's summary.json timings, a run's measured latency (cost.json), the latency
-    columns of the results table and the teacher curve's throughput and elapsed time."""
+    student's summary.json timings (nested ones too), a run's measured latency (cost.json),
+    the latency columns of the results table and the teacher curve's throughput and elapsed
+    time."""
     if path.name == "summary.json":
-        summary = json.loads(path.read_text())
-        return json.dumps({k: v for k, v in summary.items() if not TIMINGS.search(k)})
+        return json.dumps(_without_timings(json.loads(path.read_text())))
     if path.name == "cost.json":
         return json.dumps({k: v for k, v in json.loads(path.read_text()).items()
                            if k != "latency"})
