@@ -86,7 +86,9 @@ class DataParams(Section):
 class ValidateParams(Section):
     allowed_grades: list[int]
     max_doc_chars: int = Field(gt=0)
+    max_title_chars: int = Field(gt=0)
     max_query_chars: int = Field(gt=0)
+    max_id_chars: int = Field(gt=0, le=32766)  # Lucene drops a term over 32,766 bytes
     min_docs: int = Field(ge=1)
     max_docs: int = Field(ge=1)
     min_queries: int = Field(ge=1)
@@ -383,13 +385,38 @@ def _describe(error: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as DVC reads it: a key given twice in one mapping is an error (PyYAML keeps the
+    last), and so is an alias: a few KB of nested aliases expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: YAML aliases (*name) are not "
+                                 "accepted in params; write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: the key {key!r} "
+                                     "appears twice in one section")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Params:
     """Load and validate params.yaml (default: the repo's). Raises ParamsError."""
     path = Path(path) if path else repo_root() / "params.yaml"
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raise ParamsError(f"{path}: the file is empty; every section must be written out "
+                          "(see the repository's params.yaml)")
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections")
     for dotted, value in (overrides or {}).items():

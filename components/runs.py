@@ -10,11 +10,24 @@ asked: `evaluate` scores those, an empty ranking as 0, instead of dropping the q
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from components.atomic import atomic_path
 
 Run = dict[str, list[tuple[str, float]]]
+
+
+# Run files and qrels are whitespace-separated: an id with a space, tab or newline would split
+# a line or inject new ones, and trec_eval (C) reads up to a NUL. Ids are non-empty, with no
+# whitespace or control characters (validate's `*.id_token` rule checks the data against the
+# same pattern). \A..\Z, not ^..$: `$` also matches before a final newline.
+ID_TOKEN = r"\A[^\s\x00-\x1f\x7f-\x9f]+\Z"
+_ID_TOKEN = re.compile(ID_TOKEN)
+
+
+def _is_token(item) -> bool:
+    return isinstance(item, str) and _ID_TOKEN.match(item) is not None
 
 
 def topics_path(run_path: str | os.PathLike) -> Path:
@@ -26,7 +39,13 @@ def write_trec_run(path: str | os.PathLike, run: Run, tag: str, topics=None) -> 
     `.topics` sidecar: `topics` (the queries asked; default: the run's own queries)."""
     if not tag or any(c.isspace() for c in tag):
         raise ValueError(f"run tag must be a non-empty word without spaces, got {tag!r}")
-    topics = sorted(set(run) if topics is None else set(topics))
+    asked = set(run) if topics is None else set(topics)
+    bad = [i for i in (*asked, *run, *(d for hits in run.values() for d, _ in hits))
+           if not _is_token(i)]
+    if bad:
+        raise ValueError(f"{path}: ids must be non-empty strings without whitespace or control "
+                         f"characters (validate's *.id_token rule), got {[*map(repr, bad[:5])]}")
+    topics = sorted(asked)
     if set(run) - set(topics):
         raise ValueError(f"{path}: the run answers queries it was not asked: "
                          f"{sorted(set(run) - set(topics))[:5]}")

@@ -4,8 +4,10 @@ Layout: `corpus.jsonl` (`_id`, optional `title`, `text`), `queries.jsonl` (`_id`
 `qrels/<split>.tsv` (header `query-id corpus-id score`). Split names come from the
 qrels file names. Parsing is lenient about *content* (a missing `_id` or an empty text is
 kept so that the validation suites can report it with its rule and line), and strict about
-*form*: a line that is not a JSON object, bytes that are not UTF-8, or a TSV row with the
-wrong number of fields raise `DataFormatError` naming every bad line.
+*form*: a line that is not a JSON object, an object with a key twice, an `_id`, `title` or
+`text` that is not a JSON string (a number, list or object would otherwise be indexed as its
+Python repr), bytes that are not UTF-8, or a TSV row with the wrong number of fields raise
+`DataFormatError` naming every bad line.
 """
 
 from __future__ import annotations
@@ -45,6 +47,32 @@ def _decode_lines(path: Path, problems: list[str]):
                 )
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json.loads hook: an object naming a key twice is an error (json keeps the last)."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise _DuplicateKey(twice)
+    return record
+
+
+def _parse_object(line: str):
+    """The line's JSON value; raises ValueError with the reason, as `read_jsonl` reports it."""
+    try:
+        return json.loads(line, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except _DuplicateKey as exc:
+        raise ValueError(f"the key {str(exc)!r} appears twice in one object") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def read_jsonl(path: Path, columns: list[str]) -> pd.DataFrame:
     """Read a BEIR JSONL file into a frame with `columns` plus `_line` (1-based)."""
     problems: list[str] = []
@@ -53,16 +81,19 @@ def read_jsonl(path: Path, columns: list[str]) -> pd.DataFrame:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno})")
+            record = _parse_object(line)
+        except ValueError as exc:
+            problems.append(f"{path}:{number}: {exc}")
             continue
         if not isinstance(record, dict):
             problems.append(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             continue
         row = {col: record.get(col) for col in columns}
-        if row.get("_id") is not None:
-            row["_id"] = str(row["_id"])
+        wrong = [f"`{col}` is {type(value).__name__} {json.dumps(value)[:40]}"
+                 for col, value in row.items() if value is not None and not isinstance(value, str)]
+        if wrong:
+            problems.append(f"{path}:{number}: must be JSON strings: {'; '.join(wrong)}")
+            continue
         if "title" in row and row["title"] is None:
             row["title"] = ""  # corpora without titles are valid
         row["_line"] = number

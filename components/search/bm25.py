@@ -40,7 +40,38 @@ def build_index(corpus: dict[str, dict[str, str]], index_dir: str | os.PathLike,
             autoclass("io.anserini.index.IndexCollection").main(args)
             if not any(tmp.iterdir()):
                 raise RuntimeError(f"Anserini wrote no index into {tmp}")
+            check_complete(tmp, corpus)
     return index_dir
+
+
+# Lucene refuses a document holding a term longer than this many UTF-8 bytes ("immense term")
+# and Anserini goes on without it, saying so only in its log.
+MAX_TERM_BYTES = 32766
+
+
+def check_complete(index_dir: Path, corpus: dict[str, dict[str, str]]) -> None:
+    """Raise DataFormatError naming each corpus document the index does not hold, and why
+    where that can be told, so a search never silently misses part of the corpus."""
+    from pyserini.index.lucene import LuceneIndexReader
+
+    reader = LuceneIndexReader(str(index_dir))
+    if reader.stats()["documents"] == len(corpus):
+        return
+    problems = []
+    for docid, doc in corpus.items():
+        internal = reader.convert_collection_docid_to_internal_docid(docid)
+        if internal is not None and internal >= 0:
+            continue
+        longest = max((len(t.encode()) for t in (docid, *flat_contents(doc["title"],
+                                                                       doc["text"]).split())),
+                      default=0)
+        why = (f"it holds a term of {longest} bytes; Lucene's limit is {MAX_TERM_BYTES}"
+               if longest > MAX_TERM_BYTES else "see Anserini's log above for Lucene's reason")
+        problems.append(f"document {docid[:80]!r} is not in the BM25 index: {why}")
+    if problems:
+        from components.data.beir import DataFormatError
+
+        raise DataFormatError(problems)
 
 
 def open_searcher(index_dir: str | os.PathLike, k1: float = 0.9, b: float = 0.4):

@@ -14,6 +14,7 @@ import great_expectations.expectations as gxe
 import pandas as pd
 
 from components.config import ValidateParams
+from components.runs import ID_TOKEN  # one pattern for ids in the data and in run files
 
 INTEGER = r"^-?[0-9]+$"
 NON_BLANK = r"\S"
@@ -34,13 +35,27 @@ def _rule(expectation, rule: str, part: str, description: str):
     return expectation
 
 
-def text_checks(part: str, frame: pd.DataFrame, max_chars: int, min_rows: int, max_rows: int):
+def text_checks(part: str, frame: pd.DataFrame, max_chars: int, min_rows: int, max_rows: int,
+                max_id_chars: int, max_title_chars: int | None = None):
     noun = "document" if part == "corpus" else "query"
+    titles = []
+    if max_title_chars is not None:
+        titles = [_rule(gxe.ExpectColumnValueLengthsToBeBetween(column="title", min_value=0,
+                                                                 max_value=max_title_chars),
+                        f"{part}.title_length", part,
+                        f"{noun} title has at most {max_title_chars} characters")]
     return Check(part, part, frame, [
         _rule(gxe.ExpectColumnValuesToNotBeNull(column="_id"), f"{part}.id_present", part,
               f"every {noun} has an `_id`"),
+        _rule(gxe.ExpectColumnValuesToMatchRegex(column="_id", regex=ID_TOKEN),
+              f"{part}.id_token", part,
+              f"{noun} ids are non-empty and contain no whitespace or line breaks"),
+        _rule(gxe.ExpectColumnValueLengthsToBeBetween(column="_id", min_value=1,
+                                                      max_value=max_id_chars),
+              f"{part}.id_length", part, f"{noun} ids have 1..{max_id_chars} characters"),
         _rule(gxe.ExpectColumnValuesToBeUnique(column="_id"), f"{part}.id_unique", part,
               f"{noun} ids are unique"),
+        *titles,
         _rule(gxe.ExpectColumnValuesToNotBeNull(column="text"), f"{part}.text_present", part,
               f"every {noun} has a `text` field"),
         _rule(gxe.ExpectColumnValuesToMatchRegex(column="text", regex=NON_BLANK),
@@ -201,9 +216,9 @@ def build_checks(dataset, params: ValidateParams, train_split: str) -> list[Chec
     doc_ids = sorted(dataset.corpus["_id"].dropna().unique())
     checks = [
         text_checks("corpus", dataset.corpus, params.max_doc_chars, params.min_docs,
-                    params.max_docs),
+                    params.max_docs, params.max_id_chars, params.max_title_chars),
         text_checks("queries", dataset.queries, params.max_query_chars, params.min_queries,
-                    params.max_queries),
+                    params.max_queries, params.max_id_chars),
     ]
     for split, frame in sorted(dataset.qrels.items()):
         checks.append(qrels_checks(split, frame, query_ids, doc_ids, params.allowed_grades))

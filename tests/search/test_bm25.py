@@ -1,6 +1,6 @@
 import pytest
 
-from components.data.beir import load_beir
+from components.data.beir import DataFormatError, load_beir
 from components.evaluation.costs import folder_bytes
 from components.search import bm25
 from tests.helpers import GOOD_CORPUS, GOOD_QUERIES
@@ -42,3 +42,16 @@ def test_reproduces_pyserini_beir_flat_on_scifact(tmp_path):
                                             sorted(qrels)))
     assert scores["ndcg_cut_10"] == pytest.approx(0.6789, abs=0.005)
     assert scores["recall_100"] == pytest.approx(0.9253, abs=0.005)
+
+
+def test_a_document_lucene_drops_fails_the_index_naming_it(tmp_path):
+    """Lucene drops a document whose id (an untokenised term) is over 32,766 bytes and
+    Anserini carries on; validate refuses such ids, and the index is checked all the same."""
+    long_id = "d" * 40_000
+    corpus = {"d1": {"title": "", "text": "aspirin and the heart"},
+              long_id: {"title": "", "text": "a document with a very long id"}}
+    with pytest.raises(DataFormatError) as info:
+        bm25.build_index(corpus, tmp_path / "index", threads=1)
+    assert f"{long_id[:80]!r} is not in the BM25 index" in str(info.value)
+    assert "40000 bytes" in str(info.value)
+    assert not (tmp_path / "index").exists()  # nothing half-written for DVC to accept
