@@ -15,8 +15,10 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pytrec_eval
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from components import strict_yaml
 from components.data import catalog
 from components.settings import repo_root
 
@@ -95,32 +98,70 @@ class ValidateParams(Section):
     max_queries: int = Field(ge=1)
     sample_size: int = Field(ge=1)
 
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> ValidateParams:
+        for low, high in (("min_docs", "max_docs"), ("min_queries", "max_queries")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) is above {high} "
+                                 f"({getattr(self, high)})")
+        return self
+
+
+# Lucene allocates k result slots per query: a depth in the billions fails inside the JVM.
+MAX_DEPTH = 100_000
+
+
+def trec_measure(metric: str) -> str:
+    """trec_eval measure for a key: ndcg_cut_10 -> ndcg_cut.10, recall_100 -> recall.100."""
+    if metric == "recip_rank_10":
+        return "recip_rank"
+    family, _, cutoff = metric.rpartition("_")
+    return f"{family}.{cutoff}" if cutoff.isdigit() and family else metric
+
+
+def _known_metric(name: str) -> str:
+    family, _, cutoff = trec_measure(name).partition(".")
+    if family not in pytrec_eval.supported_measures or (cutoff and not cutoff.isdigit()):
+        raise ValueError(f"{name!r} is not a trec_eval measure (e.g. ndcg_cut_10, recall_100, "
+                         "recip_rank_10, map, P_1)")
+    return name
+
 
 class BM25Params(Section):
     k1: float = Field(gt=0)
     b: float = Field(ge=0, le=1)
-    depth: int = Field(ge=1)
+    depth: int = Field(ge=1, le=MAX_DEPTH)
     threads: int = Field(ge=1)
     fields: Literal["flat"]
 
 
+# A trec_eval measure key, checked before any stage runs (not after metrics.json is written).
+MetricName = Annotated[str, AfterValidator(_known_metric)]
+
+
 class EvaluateParams(Section):
-    metrics: list[str]
-    primary: str
+    metrics: list[MetricName] = Field(min_length=1)
+    primary: MetricName
     alpha: float = Field(gt=0, lt=1)  # significance level of the marks in the table
     test: Literal["t-test", "permutation"]  # paired test per metric and query set
 
+    @model_validator(mode="after")
+    def _primary_reported(self) -> EvaluateParams:
+        if self.primary not in self.metrics:
+            raise ValueError(f"primary {self.primary!r} is not among metrics {self.metrics}")
+        return self
+
 
 class DenseParams(Section):
-    depth: int = Field(ge=1)  # hits retrieved per query
+    depth: int = Field(ge=1, le=MAX_DEPTH)  # hits retrieved per query
     batch_size: int = Field(ge=1)  # texts per encoder forward
     bf16: bool  # bf16 autocast where the CPU/GPU has native bf16
     max_tokens: int | None = Field(ge=8)  # word pieces per text (None: the encoder's 256)
 
 
 class PromoteParams(Section):
-    primary: str  # must be at least as good as the champion's
-    metrics: list[str]  # not significantly worse
+    primary: MetricName  # must be at least as good as the champion's
+    metrics: list[MetricName]  # not significantly worse
     alpha: float = Field(gt=0, lt=1)  # significance level of the paired tests
     test: Literal["t-test", "permutation"]
     queries: int = Field(ge=1)  # frozen split: the first N held-out dev queries
@@ -285,7 +326,7 @@ class BiEncoderParams(Section):
 
 
 class TrackingParams(Section):
-    experiment: str
+    experiment: str = Field(min_length=1)
 
 
 class DistributedParams(Section):
@@ -326,7 +367,7 @@ RENAMED_SECTIONS = {"validation": "validate", "jepa": "rabtriever"}
 
 class Params(Section):
     profile: str
-    seed: int
+    seed: int = Field(ge=0, lt=2**32)  # numpy and torch accept 0..2**32-1
     data: DataParams
     validate: ValidateParams
     bm25: BM25Params
@@ -385,33 +426,11 @@ def _describe(error: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """YAML as DVC reads it: a key given twice in one mapping is an error (PyYAML keeps the
-    last), and so is an alias: a few KB of nested aliases expand to gigabytes."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.YAMLError(f"line {mark.line + 1}: YAML aliases (*name) are not "
-                                 "accepted in params; write the value out")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: the key {key!r} "
-                                     "appears twice in one section")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Params:
     """Load and validate params.yaml (default: the repo's). Raises ParamsError."""
     path = Path(path) if path else repo_root() / "params.yaml"
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506
+        raw = strict_yaml.load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if raw is None:
@@ -438,11 +457,22 @@ def require_dataset(params: Params, params_path: str | Path) -> Path:
     file deep in some stage.
     """
     folder = params.data.dataset_dir()
-    if folder.is_dir():
-        return folder
-    parent = folder.parent
-    have = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
-    raise ParamsError(
-        f"{params_path}: invalid parameters\n  - data.name: dataset folder {folder} does not "
-        f"exist (data.name must name a folder under data.root; found: {', '.join(have) or 'none'})"
-    )
+    if not folder.is_dir():
+        parent = folder.parent
+        have = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+        raise ParamsError(
+            f"{params_path}: invalid parameters\n  - data.name: dataset folder {folder} does not "
+            f"exist (data.name must name a folder under data.root; found: "
+            f"{', '.join(have) or 'none'})"
+        )
+    # A split name is a qrels file name; a typo would otherwise be a KeyError in some stage.
+    for key, split, dataset in (("data.test_split", params.data.test_split, folder),
+                                ("data.train_split", params.data.train_split,
+                                 params.data.train_dataset_dir())):
+        if not (dataset / "qrels" / f"{split}.tsv").is_file():
+            have = sorted(f.stem for f in (dataset / "qrels").glob("*.tsv"))
+            raise ParamsError(
+                f"{params_path}: invalid parameters\n  - {key}: {dataset}/qrels/{split}.tsv does "
+                f"not exist (a split is a qrels file name; found: {', '.join(have) or 'none'})"
+            )
+    return folder

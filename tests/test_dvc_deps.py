@@ -30,6 +30,8 @@ NOT_A_DEP = {
     "components/settings.py": "environment of every entry point (state folders, telemetry off, "
                               "hubs offline): it can stop a stage, not change its numbers",
     "components/atomic.py": "moves a finished output into place; the bytes are the caller's",
+    "components/strict_yaml.py": "refuses a params file with a key twice or an alias; a file it "
+                                 "accepts reads as yaml.safe_load reads it",
     "components/tracking.py": "MLflow runs, tags and logged params; writes nothing under outputs/",
     "flows/_stage.py": "turns expected failures into exit 1 and names the stage for the "
                        "judgements audit; it can stop a stage, not change its outputs",

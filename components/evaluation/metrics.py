@@ -17,6 +17,7 @@ from statistics import fmean
 
 import pytrec_eval
 
+from components.config import trec_measure
 from components.runs import Run
 
 METRIC_LABELS = {
@@ -29,14 +30,6 @@ METRIC_LABELS = {
     "recip_rank_10": "MRR@10",
     "map": "MAP",
 }
-
-
-def _trec_measure(metric: str) -> str:
-    """trec_eval measure for a key: ndcg_cut_10 -> ndcg_cut.10, recall_100 -> recall.100."""
-    if metric == "recip_rank_10":
-        return "recip_rank"
-    family, _, cutoff = metric.rpartition("_")
-    return f"{family}.{cutoff}" if cutoff.isdigit() and family else metric
 
 
 def _as_trec(run: Run, depth: int | None = None) -> dict[str, dict[str, float]]:
@@ -56,7 +49,7 @@ def per_query_metrics(run: Run, qrels: dict[str, dict[str, int]], metrics: list[
     scores: dict[str, dict[str, float]] = {}
     for metric in metrics:
         depth = 10 if metric == "recip_rank_10" else None
-        measure = _trec_measure(metric)
+        measure = trec_measure(metric)
         evaluator = pytrec_eval.RelevanceEvaluator(qrels, {measure})
         trec_run = full if depth is None else _as_trec(run, depth)
         # pytrec_eval skips queries absent from the run; give them an empty ranking instead.
