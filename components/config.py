@@ -201,6 +201,7 @@ class TeacherParams(Section):
 
 class RankListsParams(Section):
     depth: int = Field(ge=1)
+    first_stage_weight: float = Field(ge=0, le=1)  # 0: the reranker's own score (the papers')
     latency_queries: int = Field(ge=1)
     train_queries: int = Field(ge=0)
     train_depth: int = Field(ge=1)

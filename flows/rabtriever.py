@@ -36,6 +36,7 @@ from components.config import load_params
 from components.data.beir import load_beir
 from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
+from components.fusion import interpolate
 from components.layout import Layout, run_key
 from components.llm.prompts import PromptTemplate
 from components.rabtriever.distillation_data import JepaTrainingData, TeacherPairs
@@ -329,8 +330,11 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
             bulk = qids[len(timed) :]
             bulk_run = retriever.rerank({q: queries[q] for q in bulk}, candidates) if bulk else {}
             ranked += [bulk_run[q] for q in bulk]
-            write_trec_run(layout.run_dir("rabtriever_rerank") / f"{split}.trec",
-                           dict(zip(qids, ranked, strict=True)), "Rabtriever-rerank", topics=qids)
+            # Mixed with BM25's scores as the teacher's ranking is (rank_lists.first_stage_weight).
+            reranked = interpolate(first_stage[split], dict(zip(qids, ranked, strict=True)),
+                                   params.rank_lists.first_stage_weight)
+            write_trec_run(layout.run_dir("rabtriever_rerank") / f"{split}.trec", reranked,
+                           "Rabtriever-rerank", topics=qids)
             if cfg.corpus == "full":
                 ranked, timings[f"full/{split}"] = time_each(
                     qids, lambda q: retriever.search({q: queries[q]}, cfg.full_k)[q])

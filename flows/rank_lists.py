@@ -29,6 +29,7 @@ from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
 from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
+from components.fusion import interpolate
 from components.layout import Layout
 from components.llm.prompts import PromptTemplate
 from components.rabtriever.pair_documents import (
@@ -131,7 +132,9 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                 # `keys` lists the pairs query by query in `qids` order, as here.
                 scores = [score for query_scores in per_query for score in query_scores]
             seconds = time.perf_counter() - started
-            run = to_run(keys, scores)
+            # The ranking the teacher outputs, mixed with BM25's when first_stage_weight > 0; the
+            # table below keeps the LLM's own scores (what the students distil).
+            run = interpolate(bm25_run, to_run(keys, scores), cfg.first_stage_weight)
             write_trec_run(layout.run_dir("teacher") / f"{split}.trec", run, tag="BM25->teacher",
                            topics=qids)
             if kept == "timed":
