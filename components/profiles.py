@@ -11,7 +11,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from components.config import ParamsError, load_params
+from components.config import ParamsError, load_params, require_dataset
 from components.settings import repo_root
 
 
@@ -108,6 +108,9 @@ def write_params(target: Path, profile: str = "", overrides: dict[str, Any] | No
     staged.write_text(text, encoding="utf-8")
     try:
         new = load_params(staged)
+        # The dataset and its splits too: a run for a dataset that does not exist must leave
+        # params.yaml as it was, or every later run (scheduled ones too) fails the same way.
+        require_dataset(new, target)
     except ParamsError:
         staged.unlink()
         raise

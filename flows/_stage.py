@@ -9,11 +9,16 @@ Prefect only orchestrates: a stage whose body has finished keeps its outcome whe
 API goes away before the flow run's final state is reported. Its outputs are on disk and its
 MLflow run is closed by then, so the command exits as the body did (0 on success, which lets
 DVC record the stage in dvc.lock) and says that Prefect missed the end of the run.
+
+A stage whose params file changed while it ran fails: DVC would otherwise record the new values
+in dvc.lock against outputs made with the old ones, and call the stage up to date.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import typer
 from prefect import flow, get_run_logger
+from prefect.exceptions import MissingContextError
 from prefect.states import Failed
 
 from components.config import ParamsError
@@ -46,6 +52,17 @@ class BodyOutcome:
     message: str = ""
 
 
+def _log_error(message: str) -> None:
+    try:
+        get_run_logger().error(message)
+    except MissingContextError:  # the body called as a plain function (tests)
+        print(message, file=sys.stderr)
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def stage_flow(name: str) -> Callable:
     """Decorate a stage body: a Prefect flow whose expected failures become Failed states."""
 
@@ -56,12 +73,22 @@ def stage_flow(name: str) -> Callable:
         def guarded(*args, **kwargs):
             outcome.failed, outcome.message = None, ""
             os.environ[STAGE_ENV] = name  # who reads which judgements (components/data/judgements)
+            # Prefect passes parameters positionally where the signature allows.
+            bound = inspect.signature(body).bind(*args, **kwargs)
+            bound.apply_defaults()
+            params_file = Path(bound.arguments.get("params_path", "params.yaml"))
+            started_with = _digest(params_file)
             try:
                 result = body(*args, **kwargs)
+                if _digest(params_file) != started_with:
+                    raise StageFailed(
+                        f"{params_file} changed while the stage ran; its outputs were made with "
+                        "the values it started with, so it ends failed and DVC records nothing: "
+                        "run it again")
             except EXPECTED_FAILURES as exc:
                 message = f"stage {name} failed: {exc}"
                 outcome.failed, outcome.message = True, message
-                get_run_logger().error(message)
+                _log_error(message)
                 return Failed(message=message)
             except BaseException as exc:
                 outcome.failed, outcome.message = True, f"stage {name} crashed: {exc!r}"

@@ -74,19 +74,20 @@ def test_write_params_applies_a_profile_and_overrides_keeping_comments(tmp_path)
     target = tmp_path / "params.yaml"
     target.write_text((REPO_ROOT / "params.yaml").read_text())
     changes = write_params(target, profile="gpu",
-                           overrides={"data.name": "nfcorpus", "distributed.num_processes": 4},
+                           overrides={"data.name": "esconv-strategy",
+                                      "distributed.num_processes": 4},
                            root=REPO_ROOT)
     params = load_params(target)
-    assert params.profile == "gpu" and params.data.name == "nfcorpus"
+    assert params.profile == "gpu" and params.data.name == "esconv-strategy"
     assert params.distributed.num_processes == 4
     assert params.teacher.max_steps == 600  # the profile's
     assert params.teacher.lr == load_params(REPO_ROOT / "params.yaml").teacher.lr  # params.yaml's
-    assert "data.name: 'scifact' -> 'nfcorpus'" in changes
+    assert "data.name: 'scifact' -> 'esconv-strategy'" in changes
     text = target.read_text()
     assert text.startswith("# Pipeline parameters:")  # params.yaml's comments kept...
     assert "  max_steps: 600             # optimizer steps\n" in text  # ...the profile's
     assert "  train_name: null " in text  # nulls stay null
-    assert write_params(target, overrides={"data.name": "nfcorpus"}) == []  # no change
+    assert write_params(target, overrides={"data.name": "esconv-strategy"}) == []  # no change
 
 
 def test_write_params_rejects_bad_settings_and_leaves_the_file_alone(tmp_path):
@@ -97,6 +98,10 @@ def test_write_params_rejects_bad_settings_and_leaves_the_file_alone(tmp_path):
         write_params(target, overrides={"teacher.max_steps": "many"})
     with pytest.raises(ParamsError, match="no section 'nosuch'"):
         write_params(target, overrides={"nosuch.key": 1})
+    with pytest.raises(ParamsError, match="data.name: dataset folder .* does not exist"):
+        write_params(target, overrides={"data.name": "no-such-dataset"})
+    with pytest.raises(ParamsError, match="data.test_split: .*tset.tsv does not exist"):
+        write_params(target, overrides={"data.test_split": "tset"})
     with pytest.raises(ParamsError, match="known profiles: .*gpu"):
         write_params(target, profile="nosuch", root=REPO_ROOT)
     assert target.read_text() == original

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -197,3 +198,28 @@ def test_runs_of_dead_processes_are_closed_as_killed(tmp_path):
         assert status == {"dead": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING"}
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def test_a_params_edit_while_a_stage_runs_fails_the_stage(tmp_path):
+    """DVC records params at the end of a stage: an edit made while it ran would be recorded
+    against outputs made with the old values, so the stage must end failed (exit 1)."""
+    from flows._stage import stage_flow
+
+    params = tmp_path / "params.yaml"
+    params.write_text("bm25:\n  depth: 100\n")
+
+    @stage_flow("edited")
+    def edited(params_path: str) -> str:
+        Path(params_path).write_text("bm25:\n  depth: 10\n")  # a user's edit, mid-stage
+        return "done"
+
+    @stage_flow("untouched")
+    def untouched(params_path: str) -> str:
+        return "done"
+
+    # .fn: the guarded body as the flow runs it, without starting a Prefect server here.
+    state = edited.fn(str(params))  # positionally, as Prefect passes it
+    assert state.is_failed() and "changed while the stage ran" in state.message
+    assert edited.fn.outcome.failed is True
+    assert untouched.fn(params_path=str(params)) == "done"
+    assert untouched.fn.outcome.failed is False
