@@ -35,6 +35,17 @@ from components.settings import repo_root
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, raw: Any) -> Any:
+        # pydantic reads `seed: true` as 1; a YAML boolean where a number belongs is a slip.
+        if isinstance(raw, dict):
+            for name, value in raw.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field and field.annotation in (int, float):
+                    raise ValueError(f"{name}: expected a number, got the boolean {value!r}")
+        return raw
+
 
 class DataParams(Section):
     name: str

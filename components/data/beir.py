@@ -73,6 +73,14 @@ def _parse_object(line: str):
         raise ValueError("JSON nested too deeply") from None
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_jsonl(path: Path, columns: list[str]) -> pd.DataFrame:
     """Read a BEIR JSONL file into a frame with `columns` plus `_line` (1-based)."""
     problems: list[str] = []
@@ -93,6 +101,12 @@ def read_jsonl(path: Path, columns: list[str]) -> pd.DataFrame:
                  for col, value in row.items() if value is not None and not isinstance(value, str)]
         if wrong:
             problems.append(f"{path}:{number}: must be JSON strings: {'; '.join(wrong)}")
+            continue
+        # JSON may escape a lone surrogate (\ud800), which no UTF-8 writer downstream accepts.
+        broken = [col for col, value in row.items() if value and not _encodable(value)]
+        if broken:
+            problems.append(f"{path}:{number}: {', '.join(f'`{c}`' for c in broken)} holds a "
+                            "lone surrogate escape (\\ud800-\\udfff), which is not valid Unicode")
             continue
         if "title" in row and row["title"] is None:
             row["title"] = ""  # corpora without titles are valid

@@ -72,8 +72,10 @@ def qrels_checks(split: str, qrels: pd.DataFrame, query_ids: list, doc_ids: list
                  allowed_grades: list[int]):
     frame = qrels.copy()
     # Grades are parsed here (not by the loader) so that a non-integer is a rule failure.
-    frame["grade"] = pd.to_numeric(frame["score"].where(frame["score"].str.match(INTEGER)),
-                                   errors="coerce").astype("Int64")
+    grades = pd.to_numeric(frame["score"].where(frame["score"].str.match(INTEGER)),
+                           errors="coerce")
+    # A grade beyond 2^53 (10^20, say) parses as an inexact float: not a grade, and no cast.
+    frame["grade"] = grades.where(grades.abs() < 2**53).astype("Int64")
     return Check(f"qrels/{split}", split, frame, [
         _rule(gxe.ExpectColumnValuesToBeInSet(column="query-id", value_set=query_ids),
               f"qrels.{split}.query_exists", split, "every qrels row names an existing query"),
