@@ -16,7 +16,8 @@ import pandas as pd
 from components.config import ValidateParams
 from components.runs import ID_TOKEN  # one pattern for ids in the data and in run files
 
-INTEGER = r"^-?[0-9]+$"
+# At most 15 digits: a longer one (10^20, say) parses as an inexact float, not a grade.
+INTEGER = r"^-?[0-9]{1,15}$"
 NON_BLANK = r"\S"
 
 
@@ -74,15 +75,15 @@ def qrels_checks(split: str, qrels: pd.DataFrame, query_ids: list, doc_ids: list
     # Grades are parsed here (not by the loader) so that a non-integer is a rule failure.
     grades = pd.to_numeric(frame["score"].where(frame["score"].str.match(INTEGER)),
                            errors="coerce")
-    # A grade beyond 2^53 (10^20, say) parses as an inexact float: not a grade, and no cast.
-    frame["grade"] = grades.where(grades.abs() < 2**53).astype("Int64")
+    frame["grade"] = grades.astype("Int64")
     return Check(f"qrels/{split}", split, frame, [
         _rule(gxe.ExpectColumnValuesToBeInSet(column="query-id", value_set=query_ids),
               f"qrels.{split}.query_exists", split, "every qrels row names an existing query"),
         _rule(gxe.ExpectColumnValuesToBeInSet(column="corpus-id", value_set=doc_ids),
               f"qrels.{split}.doc_exists", split, "every qrels row names an existing document"),
         _rule(gxe.ExpectColumnValuesToMatchRegex(column="score", regex=INTEGER),
-              f"qrels.{split}.grade_integer", split, "relevance grades are integers"),
+              f"qrels.{split}.grade_integer", split,
+              "relevance grades are integers of at most 15 digits"),
         _rule(gxe.ExpectColumnValuesToBeInSet(column="grade", value_set=allowed_grades),
               f"qrels.{split}.grade_allowed", split,
               f"relevance grades are in {sorted(allowed_grades)}"),

@@ -155,7 +155,7 @@ CATALOGUE = [
              ("qrels.test.grade_integer", "qrels/test.tsv:2", "1.5")),
     BadInput("grade of 10^20",
              dict(qrels=_qrels(test=[("q3", "d5", "1" + "0" * 20), ("q4", "d4", "1")])),
-             ("qrels.test.grade_allowed", "qrels/test.tsv:2")),
+             ("qrels.test.grade_integer", "qrels/test.tsv:2")),
     BadInput("grade out of range",
              dict(qrels=_qrels(test=[("q3", "d5", "7"), ("q4", "d4", "1")])),
              ("qrels.test.grade_allowed", "qrels/test.tsv:2")),
