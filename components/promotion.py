@@ -8,8 +8,9 @@ alias `champion` moves only when the challenger is
 - not significantly worse on any other listed metric (paired test, p < alpha).
 
 With no champion yet, the challenger wins by default. Every decision is an MLflow run in the
-`promotion` experiment, tagged with the model, both versions, the verdict and the reason, with
-both sides' metrics and the p-values, and the per-query metrics as an artifact.
+`promotion` experiment, tagged with the model, its dataset, the split and its size, both
+versions, the verdict and the reason, with both sides' metrics and the p-values, and the
+per-query metrics as an artifact.
 
 The models are loaded through `mlflow.pyfunc.load_model("models:/<name>/<version>")` and asked
 in the one format every system serves (`components.serving`): each split query's qid, text,
@@ -168,9 +169,11 @@ def decide(challenger: dict[str, dict[str, float]], champion: dict[str, dict[str
 
 def promote(name: str, split: PromotionSplit, primary: str, metrics: list[str],
             alpha: float = 0.05, test: str = "t-test",
-            version: str | int | None = None, by_search: bool = False) -> Decision:
+            version: str | int | None = None, by_search: bool = False,
+            dataset: str | None = None) -> Decision:
     """Judge `version` (default: the `challenger` alias) against `champion`; log the decision.
-    `by_search`: the model ranks the split's queries by its own search, not their candidates."""
+    `by_search`: the model ranks the split's queries by its own search, not their candidates.
+    `dataset`: the pipeline's dataset, a tag of the decision run."""
     metrics = list(dict.fromkeys([primary, *metrics]))
     challenger_version = str(version) if version is not None else version_of(name, CHALLENGER)
     if challenger_version is None:
@@ -181,6 +184,8 @@ def promote(name: str, split: PromotionSplit, primary: str, metrics: list[str],
     tags = {"model": name, "challenger_version": challenger_version,
             "champion_version": champion_version or "none", "split_id": split.split_id,
             "split": split.name, "split_queries": str(len(split.queries)), "kind": "promotion"}
+    if dataset:
+        tags["dataset"] = dataset
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(EXPERIMENT).experiment_id,
                           run_name=f"promote-{name}-v{challenger_version}", tags=tags,
                           nested=mlflow.active_run() is not None) as run:

@@ -1,4 +1,4 @@
-"""MLflow model registry helpers: point an alias at a version; log pyfunc models from code."""
+"""MLflow model registry helpers: per-dataset model names, aliases, pyfunc models from code."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ def model_code(cls: type, folder: str | os.PathLike) -> str:
     path = Path(folder) / f"{cls.__name__}_model.py"
     path.write_text(_MODEL_CODE.format(module=cls.__module__, name=cls.__name__))
     return str(path)
+
+
+def registered_name(model: str, dataset: str) -> str:
+    """The registry name of `model` (`teacher-reranker`, `rabtriever`, `dgr`) as the pipeline of
+    `dataset` trains it: `<dataset>.<model>`. Each dataset has its own champion, so a run on a
+    second dataset never challenges the first one's (`models:/scifact.rabtriever@champion`)."""
+    return f"{dataset}.{model}"
 
 
 def set_alias(name: str, version: str | int, alias: str = "challenger") -> None:

@@ -43,7 +43,7 @@ from components.runs import read_trec_run, write_trec_run
 from components.serving import log_ranker
 from flows._stage import StageFailed, run_cli, stage_flow
 
-REGISTERED_NAME = "dgr"
+MODEL = "dgr"
 
 
 def tfidf_embeddings(corpus: dict, doc_ids: list[str], dims: int, seed: int) -> np.ndarray:
@@ -72,6 +72,26 @@ def skip_cross_dataset(layout: Layout, params) -> dict:
     mlflow.set_tag("skipped", note)
     print(note)
     return summary
+
+
+def retriever_config(cfg) -> RetrieverConfig:
+    return RetrieverConfig(view_weights=dict(cfg.view_weights), batch_size=cfg.batch_size,
+                           normalize=cfg.normalize_views, max_query_tokens=cfg.max_query_tokens,
+                           use_chat_template=cfg.use_chat_template, bf16=cfg.bf16)
+
+
+def register(params) -> str:
+    """Log the stage's DGR model with its trie and identifiers to the active MLflow run as
+    `<dataset>.dgr`'s challenger; the new version. Also `flows.register`."""
+    cfg, out = params.dgr, Layout(params.data.name).root / "dgr"
+    registered = registry.registered_name(MODEL, params.data.name)
+    info = log_ranker("dgr", {"model": out / "dgr_model", "trie": out / "trie.json",
+                              "identifiers": out / "identifiers.json"},
+                      retriever_config(cfg).to_dict(), k=cfg.num_beams, name=MODEL,
+                      registered_model_name=registered)
+    registry.set_alias(registered, info.registered_model_version, "challenger")
+    print(f"registered {registered} v{info.registered_model_version} as challenger")
+    return str(info.registered_model_version)
 
 
 @stage_flow("dgr")
@@ -143,10 +163,7 @@ def dgr(params_path: str = "params.yaml") -> dict:
         print(f"stage 1: {stage1.steps} steps; stage 2: {cfg.stage2_steps} steps")
 
         # Decoding reads queries as training did (same token cut, same chat template).
-        config = RetrieverConfig(view_weights=dict(cfg.view_weights), batch_size=cfg.batch_size,
-                                 normalize=cfg.normalize_views,
-                                 max_query_tokens=cfg.max_query_tokens,
-                                 use_chat_template=cfg.use_chat_template, bf16=cfg.bf16)
+        config = retriever_config(cfg)
         # Decoding is the slow part on CPU: the first `dgr.eval_queries` of each evaluated set.
         evaluated = {split: qids[: cfg.eval_queries or None] for split, qids in
                      ((splits.test_split, splits.evaluated), (HELDOUT, splits.dev_evaluated))
@@ -183,11 +200,7 @@ def dgr(params_path: str = "params.yaml") -> dict:
                       f"{metrics[f'{system}_ms_per_query']:.0f} ms/query ({len(timed)})")
         write_text_atomic(out / "summary.json", json.dumps(metrics, indent=2))
         mlflow.log_metrics(metrics)
-        info = log_ranker("dgr", {"model": out / "dgr_model", "trie": out / "trie.json",
-                                  "identifiers": out / "identifiers.json"},
-                          config.to_dict(), k=cfg.num_beams, name=REGISTERED_NAME,
-                          registered_model_name=REGISTERED_NAME)
-        registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
+        register(params)
         shutil.rmtree(checkpoints, ignore_errors=True)  # done: no resume needed
     return metrics
 

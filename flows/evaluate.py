@@ -1,6 +1,7 @@
 """Stage `evaluate`: trec_eval metrics for every run file the pipeline produced, with paired
 tests (Holm-corrected per split and query set) and, on `evaluate.primary`, the share of the
-teacher's gain each student keeps and its per-query win/tie/loss."""
+teacher's gain each student keeps and its per-query win/tie/loss. On a label-set dataset
+(catalog) the training-frequency prior joins as a reference."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from components.data import catalog
 from components.data.judgements import read_judgements
 from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.plots import metric_bars
+from components.evaluation.prior import PRIOR, prior_run
 from components.evaluation.report import evaluate_runs
 from components.evaluation.table import (
     metrics_json,
@@ -30,6 +32,16 @@ from flows._stage import StageFailed, run_cli, stage_flow
 
 def _metric_key(*parts: str) -> str:
     return ".".join(re.sub(r"[^A-Za-z0-9_\-]+", "_", part) for part in parts)
+
+
+def _prior_runs(params, splits: QuerySplits) -> dict:
+    """The training-frequency prior of a label-set dataset (catalog), fitted on the training
+    queries the models train on, for the test and held-out dev queries; else none."""
+    if not catalog.spec(params.data.name).label_prior or splits.trains_elsewhere:
+        return {}
+    train = read_judgements(params.data.dataset_dir(), splits.train_split, splits.train)
+    return {(PRIOR, splits.test_split): prior_run(train, splits.test),
+            (PRIOR, HELDOUT): prior_run(train, splits.heldout)}
 
 
 @stage_flow("evaluate")
@@ -50,7 +62,7 @@ def evaluate(params_path: str = "params.yaml") -> dict:
         # evaluate.metrics plus the dataset's own measures (e.g. R@1, R@3 for ESConv strategies)
         metric_keys = catalog.eval_metrics(params.data.name, cfg.metrics)
         rows = evaluate_runs(layout.runs_dir, qrels, metric_keys, cfg.test, cfg.primary,
-                             cfg.alpha)
+                             cfg.alpha, extra_runs=_prior_runs(params, splits))
         if not rows:
             raise StageFailed(f"no run files under {layout.runs_dir} to evaluate")
         out = layout.eval_dir

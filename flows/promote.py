@@ -1,5 +1,8 @@
 """Stage `promote`: move the registry alias `champion` to challengers that earned it.
 
+Each dataset has its own registered models (`<data.name>.<model>`, components.registry), so
+the decisions of one dataset never move another's champion.
+
     python -m flows.promote                          # every model in promote.models
     python -m flows.promote --model rabtriever --version 3
 
@@ -29,6 +32,7 @@ from components.data.judgements import read_judgements
 from components.data.splits import HELDOUT, QuerySplits
 from components.layout import Layout
 from components.promotion import PromotionSplit, promote
+from components.registry import registered_name
 from components.runs import read_trec_run
 from components.teacher.data import document_text
 from flows._stage import StageFailed, stage_flow
@@ -92,28 +96,29 @@ def promote_flow(params_path: str = "params.yaml", models: list[str] | None = No
         split = promotion_split(params)
         layout = Layout(params.data.name)
         decisions = []
-        for name in models:
-            # The registry may hold a version trained for another dataset: never judge it here.
-            reason = skipped_on_this_dataset(layout, name)
-            if not reason and params.data.trains_elsewhere and name not in READS_TEXT:
+        for model in models:
+            name = registered_name(model, params.data.name)
+            reason = skipped_on_this_dataset(layout, model)
+            if not reason and params.data.trains_elsewhere and model not in READS_TEXT:
                 reason = (f"its index holds {params.data.name} documents, and the held-out "
                           f"dev queries are {params.data.train_name}'s")
             if reason:
                 print(f"{name}: not judged: {reason}")
-                decisions.append({"model": name, "verdict": "skipped", "reason": reason,
-                                  **split.describe()})
+                decisions.append({"model": name, "dataset": params.data.name,
+                                  "verdict": "skipped", "reason": reason, **split.describe()})
                 continue
             try:
                 decision = promote(name, split, cfg.primary, cfg.metrics, cfg.alpha, cfg.test,
-                                   version=version, by_search=name in JUDGED_BY_SEARCH)
+                                   version=version, by_search=model in JUDGED_BY_SEARCH,
+                                   dataset=params.data.name)
             except LookupError as exc:
                 raise StageFailed(str(exc)) from None
-            how = (f"its own top {params.promote.depth}" if name in JUDGED_BY_SEARCH
+            how = (f"its own top {params.promote.depth}" if model in JUDGED_BY_SEARCH
                    else f"BM25 top-{params.promote.depth}")
             print(f"{decision.summary()}\n  (judged on {split.name}: {len(split.queries)} "
                   f"queries, {how})")
-            decisions.append({**decision.__dict__, "verdict": decision.verdict,
-                              **split.describe()})
+            decisions.append({**decision.__dict__, "dataset": params.data.name,
+                              "verdict": decision.verdict, **split.describe()})
         out = layout.root / "promotion" / "decisions.json"
         write_text_atomic(out, json.dumps(decisions, indent=2) + "\n")
         mlflow.log_dict(decisions, "promotion/decisions.json")
@@ -126,8 +131,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @app.command()
 def main(
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
-    model: list[str] = typer.Option(None, help="Registered model (repeatable); default: "
-                                                "promote.models."),
+    model: list[str] = typer.Option(None, help="Model (repeatable; registered as "
+                                                "<data.name>.<model>); default: promote.models."),
     version: int = typer.Option(None, help="Version to judge instead of the challenger alias."),
 ) -> None:
     state = promote_flow(params_path=str(params), models=model or None, version=version,

@@ -52,7 +52,7 @@ from components.teacher.data import document_text
 from components.teacher.reranker import LLMReranker
 from flows._stage import StageFailed, run_cli, stage_flow
 
-REGISTERED_NAME = "rabtriever"
+MODEL = "rabtriever"
 
 
 def collected_documents(layout: Layout, retriever: Rabtriever) -> CollectedDocuments | None:
@@ -179,6 +179,21 @@ def index_documents(mode: str, corpus_ids, first_stage: dict, evaluated: dict,
         return sorted(corpus_ids)
     return sorted({d for split, qids in evaluated.items() for q in qids
                    for d, _ in first_stage[split].get(q, [])[:depth]})
+
+
+def register(params) -> str:
+    """Log the stage's student (the teacher's LLM, its predictor and index) to the active MLflow
+    run as `<dataset>.rabtriever`'s challenger; the new version. Also `flows.register`."""
+    layout = Layout(params.data.name)
+    registered = registry.registered_name(MODEL, params.data.name)
+    # The `rabtriever` folder holds the index too (`save`): no separate `doc_index`.
+    info = log_ranker("rabtriever", {"base_model": layout.teacher_model,
+                                     "rabtriever": layout.root / "rabtriever"},
+                      {"bf16": params.teacher.bf16}, name=MODEL,
+                      registered_model_name=registered)
+    registry.set_alias(registered, info.registered_model_version, "challenger")
+    print(f"registered {registered} v{info.registered_model_version} as challenger")
+    return str(info.registered_model_version)
 
 
 @stage_flow("rabtriever")
@@ -382,12 +397,7 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
         summary_text = json.dumps(summary, indent=2)
         write_text_atomic(layout.root / "rabtriever" / "summary.json", summary_text)
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
-        # The `rabtriever` folder holds the index too (`save`): no separate `doc_index`.
-        info = log_ranker("rabtriever", {"base_model": layout.teacher_model,
-                                         "rabtriever": layout.root / "rabtriever"},
-                          {"bf16": params.teacher.bf16}, name=REGISTERED_NAME,
-                          registered_model_name=REGISTERED_NAME)
-        registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
+        register(params)
         shutil.rmtree(checkpoints, ignore_errors=True)  # done: no resume needed
         print(summary_text)
     return summary

@@ -3,7 +3,8 @@
 Listwise softmax cross-entropy over groups of one relevant document and `teacher.negatives`
 BM25 hard negatives from training queries. Checkpoints every `teacher.checkpoint_every`
 steps; a killed run started again resumes from the last checkpoint. The final model is logged
-to MLflow with its prompt template and registered as `teacher-reranker@challenger`.
+to MLflow with its prompt template and registered as `<dataset>.teacher-reranker@challenger`
+(components.registry.registered_name).
 """
 
 from __future__ import annotations
@@ -31,7 +32,20 @@ from flows.teacher_worker import (
     training_inputs,
 )
 
-REGISTERED_NAME = "teacher-reranker"
+MODEL = "teacher-reranker"
+
+
+def register(params) -> str:
+    """Log the stage's model to the active MLflow run and make it `<dataset>.teacher-reranker`'s
+    challenger; the new version. Also `flows.register`, for models pulled with DVC."""
+    cfg, layout = params.teacher, Layout(params.data.name)
+    registered = registry.registered_name(MODEL, params.data.name)
+    info = log_ranker("teacher", {"model": layout.teacher_model, "template": TEMPLATES_PATH},
+                      {"task": cfg.task, "max_doc_tokens": cfg.max_doc_tokens, "bf16": cfg.bf16},
+                      name=MODEL, registered_model_name=registered)
+    registry.set_alias(registered, info.registered_model_version, "challenger")
+    print(f"registered {registered} v{info.registered_model_version} as challenger")
+    return str(info.registered_model_version)
 
 
 def train_launched(params, params_path: str, on_step) -> TrainResult:
@@ -111,14 +125,9 @@ def teacher_stage(params_path: str = "params.yaml") -> str:
         mlflow.log_artifact(str(curve.write_csv(layout.teacher_curve)))
         mlflow.log_metrics({"final_loss": result.losses[-1] if result.losses else float("nan"),
                             "steps": result.steps})
-        info = log_ranker("teacher", {"model": layout.teacher_model, "template": TEMPLATES_PATH},
-                          {"task": cfg.task, "max_doc_tokens": cfg.max_doc_tokens,
-                           "bf16": cfg.bf16},
-                          name=REGISTERED_NAME, registered_model_name=REGISTERED_NAME)
-        registry.set_alias(REGISTERED_NAME, info.registered_model_version, "challenger")
+        register(params)
         # Kept until the stage is done: a run killed after training resumes at its last step.
         shutil.rmtree(layout.teacher_checkpoints, ignore_errors=True)
-        print(f"registered {REGISTERED_NAME} v{info.registered_model_version} as challenger")
     return str(layout.teacher_model)
 
 

@@ -2,8 +2,9 @@
 
 Every dataset runs through the same stages; only a few facts differ: which qrels splits
 train and evaluate, whether the models train on another dataset's queries (TREC DL 2019
-has no training split), which prompt wording the teacher uses, and which trec_eval measure
-is the task's headline next to nDCG@10. `components.config` fills the `null` entries of
+has no training split), which prompt wording the teacher uses, which trec_eval measure
+is the task's headline next to nDCG@10, and whether the corpus is a label set (then the
+training-frequency prior is a reference). `components.config` fills the `null` entries of
 `params.yaml` (`data.train_name`, `data.train_split`, `data.test_split`, `teacher.task`)
 from here, so `dvc exp run -S data.name=<dataset>` is the whole command. A dataset that is
 not listed (your own BEIR folder) gets `DEFAULT`: train/test splits, itself as training
@@ -24,6 +25,9 @@ class DatasetSpec:
     headline: str = "ndcg_cut_10"  # trec_eval key of the task's headline metric
     extra_metrics: tuple[str, ...] = ()  # evaluated on top of `evaluate.metrics`
     task: str = ""  # one line for reports
+    # The corpus is a small label set every query is judged against: `evaluate` adds the
+    # training-frequency prior as a reference (components/evaluation/prior.py).
+    label_prior: bool = False
 
 
 DEFAULT = DatasetSpec(prompt_task="default", task="your own BEIR dataset")
@@ -38,7 +42,7 @@ CATALOG: dict[str, DatasetSpec] = {
         task="web question -> MS MARCO passage, graded 1-3 (trained on SciFact)"),
     "esconv-strategy": DatasetSpec(
         prompt_task="esconv-strategy", train_split="dev", test_split="test",
-        headline="recall_1", extra_metrics=("recall_1", "recall_3"),
+        headline="recall_1", extra_metrics=("recall_1", "recall_3"), label_prior=True,
         task="dialogue context -> support strategy of the next reply (8 documents)"),
     "esconv-reply": DatasetSpec(
         prompt_task="esconv-reply", train_split="dev", test_split="test",

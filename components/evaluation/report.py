@@ -28,13 +28,15 @@ from typing import NamedTuple
 from components.evaluation.costs import read_cost
 from components.evaluation.headline import GAIN_RESAMPLES, GainKept, gain_kept, win_tie_loss
 from components.evaluation.metrics import mean_metrics, per_query_metrics
+from components.evaluation.prior import PRIOR
 from components.evaluation.significance import compare, holm
-from components.runs import read_run_topics, read_trec_run
+from components.runs import Run, read_run_topics, read_trec_run
 
 # Run folder name -> the system's name in reports.
 SYSTEM_NAMES = {
     "bm25": "BM25",
     "dense": "Dense (MiniLM-L6)",
+    "prior": "Prior (training frequency)",
     "teacher": "BM25 → teacher",
     "rabtriever_rerank": "BM25 → Rabtriever",
     "rabtriever_full": "Rabtriever (whole corpus)",
@@ -45,12 +47,12 @@ SYSTEM_NAMES = {
 }
 BASELINE = "bm25"
 TEACHER = "teacher"
-# Shown again on every query subset another system was evaluated on, when their runs cover it,
-# and the systems every row is tested against.
-REFERENCES = (BASELINE, TEACHER)
+# The systems every row is tested against, where their rows exist: BM25, the training-frequency
+# prior (only on label-set datasets, components/evaluation/prior.py) and the teacher.
+REFERENCES = (BASELINE, PRIOR, TEACHER)
 # Scored again on every query subset a student was evaluated on: the references, and the
 # strongest first-stage baseline beside BM25, so a student is read against both.
-SHOWN_ON_SUBSETS = (BASELINE, "dense", TEACHER)
+SHOWN_ON_SUBSETS = (BASELINE, "dense", PRIOR, TEACHER)
 UNDEFINED_GAIN = "undefined: teacher not significantly above BM25"
 
 
@@ -101,9 +103,12 @@ def discover_runs(runs_dir: Path) -> list[tuple[str, str, Path]]:
 
 def evaluate_runs(runs_dir: Path, qrels: dict[str, dict[str, dict[str, int]]],
                   metrics: list[str], test: str = "t-test", primary: str | None = None,
-                  alpha: float = 0.05, n_resamples: int = GAIN_RESAMPLES) -> list[Row]:
+                  alpha: float = 0.05, n_resamples: int = GAIN_RESAMPLES,
+                  extra_runs: dict[tuple[str, str], Run] | None = None) -> list[Row]:
     """Rows for every run of a split in `qrels`, tested, corrected, and with the headline on
-    `primary` (default: the first metric) at significance level `alpha`."""
+    `primary` (default: the first metric) at significance level `alpha`. `extra_runs`
+    ((system, split) -> run) adds runs built in memory, asked every query they hold (the
+    prior)."""
     primary = primary or metrics[0]
     if primary not in metrics:
         raise ValueError(f"evaluate.primary {primary!r} is not among the metrics {metrics}")
@@ -116,6 +121,9 @@ def evaluate_runs(runs_dir: Path, qrels: dict[str, dict[str, dict[str, int]]],
         topics = read_run_topics(path)
         loaded[(system, split)] = run
         asked[(system, split)] = set(run) if topics is None else set(topics)
+    for (system, split), run in (extra_runs or {}).items():
+        if split in qrels:
+            loaded[(system, split)], asked[(system, split)] = run, set(run)
     rows: list[Row] = []
     for (system, split), run in loaded.items():
         judged = sorted(qrels[split])
@@ -211,7 +219,7 @@ def add_headline(rows: list[Row], primary: str, alpha: float,
                 if other is not row:
                     row.wtl[reference] = win_tie_loss(row.per_query[primary],
                                                       other.per_query[primary])
-            if not row.is_student or set(references) != set(REFERENCES):
+            if not row.is_student or not {BASELINE, TEACHER} <= set(references):
                 continue
             if not significant:
                 row.gain = GainKept(None, note=UNDEFINED_GAIN)

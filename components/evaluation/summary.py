@@ -17,6 +17,7 @@ import pandas as pd
 
 from components.data import catalog
 from components.evaluation.metrics import METRIC_LABELS
+from components.evaluation.prior import PRIOR
 from components.evaluation.report import SYSTEM_NAMES
 
 PRIMARY = "ndcg_cut_10"
@@ -94,8 +95,11 @@ def side_by_side(long: pd.DataFrame, headline: bool) -> pd.DataFrame:
 
 def pending(long: pd.DataFrame, datasets: list[str]) -> dict[str, list[str]]:
     """dataset -> pipeline systems with no result on its test split."""
-    expected = list(SYSTEM_NAMES.values())
-    return {d: [s for s in expected if s not in set(long.loc[long["dataset"] == d, "system"])]
+    def expected(dataset: str) -> list[str]:
+        return [name for system, name in SYSTEM_NAMES.items()
+                if system != PRIOR or catalog.spec(dataset).label_prior]
+
+    return {d: [s for s in expected(d) if s not in set(long.loc[long["dataset"] == d, "system"])]
             for d in datasets}
 
 

@@ -14,15 +14,24 @@ from components.evaluation.headline import GAIN_RESAMPLES, GainKept
 from components.evaluation.metrics import METRIC_LABELS
 from components.evaluation.report import REFERENCES, SYSTEM_NAMES, Row, families
 
-REFERENCE_MARKS = {"bm25": "B", "teacher": "T"}
+REFERENCE_MARKS = {"bm25": "B", "prior": "P", "teacher": "T"}
 # Short names in column headers: the full system names are long.
-REFERENCE_SHORT = {"bm25": "BM25", "teacher": "teacher"}
+REFERENCE_SHORT = {"bm25": "BM25", "prior": "prior", "teacher": "teacher"}
 MARK_LEGEND = (
     "▲B / ▼B: significantly better / worse than BM25 on the same queries; ▲T / ▼T: the same "
-    "against `BM25 → teacher` (paired {test}, Holm-adjusted p < {alpha}). Holm family: one "
+    "against `BM25 → teacher`{prior} (paired {test}, Holm-adjusted p < {alpha}). Holm family: one "
     "column of one table below (one metric on one split and query set); it holds every "
     "distinct pair of systems tested there (each row against each reference, BM25 vs teacher "
     "once). results.csv keeps the raw and the adjusted p-values.")
+PRIOR_MARK = ("; ▲P / ▼P: against the prior, every query ranked by how often each document was "
+              "relevant to the training queries")
+
+
+def present_references(rows: list[Row]) -> list[str]:
+    """The references that have rows here, in `REFERENCES` order: the prior only where the
+    dataset has one, so other tables keep their columns."""
+    systems = {row.system for row in rows}
+    return [reference for reference in REFERENCES if reference in systems]
 GAIN_LEGEND = (
     "Gain kept ({primary}): (student − BM25) / (teacher − BM25) on the same queries: 100% "
     "matches the teacher, 0% is no better than BM25. In brackets its paired bootstrap 95% "
@@ -110,6 +119,7 @@ def results_frame(rows: list[Row], metrics: list[str], primary: str | None = Non
     """One record per row: metrics, the headline on `primary`, costs, and the raw and
     Holm-adjusted p-values against each reference."""
     primary = primary or metrics[0]
+    references = present_references(rows)
     records = []
     for row in rows:
         latency = (row.cost or {}).get("latency", {})
@@ -121,7 +131,7 @@ def results_frame(rows: list[Row], metrics: list[str], primary: str | None = Non
         record["gain kept low"] = _rounded(gain.low if gain else None, 4)
         record["gain kept high"] = _rounded(gain.high if gain else None, 4)
         record["gain kept note"] = gain.note if gain else None
-        for reference in REFERENCES:
+        for reference in references:
             record[_wtl_label(reference, primary)] = (
                 format_wtl(row, reference) if reference in row.wtl else None)
         record["latency median (ms)"] = _rounded(latency.get("median_ms"), 1)
@@ -129,7 +139,7 @@ def results_frame(rows: list[Row], metrics: list[str], primary: str | None = Non
         index_bytes = (row.cost or {}).get("index_bytes")
         record["index (MB)"] = _rounded(index_bytes / 1e6 if index_bytes else None, 2)
         for metric in metrics:
-            for reference in REFERENCES:
+            for reference in references:
                 result = row.tests.get(metric, {}).get(reference)
                 where = f"{SYSTEM_NAMES[reference]} ({_label(metric)})"
                 record[f"p vs {where}"] = _rounded(result.p if result else None, 4)
@@ -141,6 +151,9 @@ def results_frame(rows: list[Row], metrics: list[str], primary: str | None = Non
 def results_markdown(rows: list[Row], metrics: list[str], dataset: str, alpha: float,
                      test: str, primary: str | None = None) -> str:
     primary = primary or metrics[0]
+    references = present_references(rows)
+    legend = MARK_LEGEND.format(test=test, alpha=alpha,
+                                prior=PRIOR_MARK if "prior" in references else "")
     lines = [f"# Results: {dataset}", "",
              "Rows are compared only within the same split and query set: `test` is the test "
              "split, `heldout` the held-out dev queries (training queries no model trained on; "
@@ -148,23 +161,24 @@ def results_markdown(rows: list[Row], metrics: list[str], dataset: str, alpha: f
              "(`rank_lists.depth`); other rows retrieve over the whole corpus. A query a system "
              "was asked and answered with nothing scores 0. Latency: one query at a time on "
              "the machine that ran the stage (median / p95); index: bytes on disk the system "
-             "searches.", "", MARK_LEGEND.format(test=test, alpha=alpha), "",
+             "searches.", "", legend, "",
              GAIN_LEGEND.format(primary=_label(primary), resamples=GAIN_RESAMPLES), ""]
     for (split, query_set), group in families(rows).items():
         table = pd.DataFrame.from_records(
-            [_markdown_record(r, metrics, primary, alpha) for r in group])
+            [_markdown_record(r, metrics, primary, alpha, references) for r in group])
         lines += [f"## {split} — query set `{query_set}` ({group[0].n_queries} queries)", "",
                   table.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines)
 
 
-def _markdown_record(row: Row, metrics: list[str], primary: str, alpha: float) -> dict:
+def _markdown_record(row: Row, metrics: list[str], primary: str, alpha: float,
+                     references: list[str]) -> dict:
     record = {"system": row.name}
     for metric in metrics:
         marks = significance_marks(row, metric, alpha)
         record[_label(metric)] = f"{row.metrics[metric]:.4f} {marks}".strip()
     record[f"{_gain_label(primary)} [95% CI]"] = format_gain(row.gain)
-    for reference in REFERENCES:
+    for reference in references:
         record[_wtl_label(reference)] = format_wtl(row, reference)
     latency = (row.cost or {}).get("latency")
     record["latency ms (median / p95)"] = (

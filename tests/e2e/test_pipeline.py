@@ -136,26 +136,52 @@ def test_models_are_registered_promoted_and_load(pipeline_result):
 
     root, _ = pipeline_result
     decisions = json.loads((root / "outputs" / MINI / "promotion/decisions.json").read_text())
-    assert {d["model"]: d["verdict"] for d in decisions} == {
-        "teacher-reranker": "promoted", "rabtriever": "promoted", "dgr": "promoted"}
+    # Registered per dataset: <dataset>.<model>.
+    names = [f"{MINI}.{model}" for model in ("teacher-reranker", "rabtriever", "dgr")]
+    assert {d["model"]: (d["verdict"], d["dataset"]) for d in decisions} == {
+        name: ("promoted", MINI) for name in names}
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     try:
         client = MlflowClient()
-        for name in ("teacher-reranker", "rabtriever", "dgr"):
+        for name in names:
             assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
             # The first version wins by default: champion after the pipeline's promote stage.
             assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-        for name in ("rabtriever", "dgr"):
+        for name in names[1:]:
             assert mlflow.pyfunc.load_model(f"models:/{name}@champion") is not None
         promotion = mlflow.search_runs(experiment_names=["promotion"], output_format="list")
-        assert {r.data.tags["model"] for r in promotion} == {"teacher-reranker", "rabtriever",
-                                                              "dgr"}
-        teacher = mlflow.pyfunc.load_model("models:/teacher-reranker@champion")
+        assert {(r.data.tags["model"], r.data.tags["dataset"]) for r in promotion} == {
+            (name, MINI) for name in names}
+        teacher = mlflow.pyfunc.load_model(f"models:/{MINI}.teacher-reranker@champion")
         ranked = teacher.predict(pd.DataFrame({"query": ["a claim"], "candidates": [["a", "b"]],
                                                "documents": [["one text", "another text"]]}))
         assert sorted(ranked["docid"]) == ["a", "b"] and ranked["score"].notna().all()
     finally:
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def test_a_second_machine_rebuilds_the_registry_from_the_outputs(pipeline_result, tmp_path):
+    """`flows.register` on the pulled outputs, with an empty MLflow store: every model gets a
+    challenger and, after the replayed decisions, a champion that loads and answers."""
+    import mlflow
+
+    root, _ = pipeline_result
+    decisions_file = root / "outputs" / MINI / "promotion/decisions.json"
+    kept = decisions_file.read_bytes()
+    store = f"sqlite:///{tmp_path / 'second-machine.db'}"
+    try:
+        result = run(["python", "-m", "flows.register"], root,
+                     extra_env={"MLFLOW_TRACKING_URI": store})
+        assert f"registered {MINI}.rabtriever v1 as challenger" in result.stdout
+        decisions = json.loads(decisions_file.read_text())
+        assert {d["model"]: d["verdict"] for d in decisions} == {
+            f"{MINI}.{m}": "promoted" for m in ("teacher-reranker", "rabtriever", "dgr")}
+        mlflow.set_tracking_uri(store)
+        model = mlflow.pyfunc.load_model(f"models:/{MINI}.rabtriever@champion")
+        assert len(model.predict(pd.DataFrame({"query": ["a claim"]}), params={"k": 3})) == 3
+    finally:
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        decisions_file.write_bytes(kept)  # the workspace's own decisions, as DVC recorded them
 
 
 def test_dev_sweep_scores_values_on_heldout_queries_without_touching_the_workspace(
@@ -202,6 +228,30 @@ def test_second_repro_is_a_fast_no_op(pipeline_result):
     result = run(["dvc", "repro"], root)
     assert time.perf_counter() - started < 15
     assert "Data and pipelines are up to date" in result.stdout
+
+
+def test_metrics_and_plots_diff_across_commits_and_experiments(pipeline_result):
+    """The run is committed; an experiment that adds a metric shows up in `dvc metrics diff`
+    against that commit and beside it in `dvc exp show` (metrics are cached outputs)."""
+    root, _ = pipeline_result
+    run(["git", "add", "dvc.lock", "params.yaml"], root)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "pipeline run"],
+        root)
+    metrics = yaml.safe_load((root / "params.yaml").read_text())["evaluate"]["metrics"]
+    try:
+        run(["dvc", "exp", "run", "-n", "with-p5", "-S",
+             f"evaluate.metrics=[{','.join([*metrics, 'P_5'])}]"], root)
+        diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "--json"], root).stdout)
+        changed = diff[f"outputs/{MINI}/eval/metrics.json"]
+        assert any(key.endswith("BM25.P_5") for key in changed), changed
+        plots = run(["dvc", "plots", "diff", "HEAD", "--json"], root)
+        assert f"outputs/{MINI}/eval/plot.csv" in plots.stdout
+        shown = run(["dvc", "exp", "show", "--json"], root).stdout
+        assert "with-p5" in shown and "P_5" in shown
+    finally:
+        run(["git", "checkout", "--", "params.yaml", "dvc.lock"], root)
+        run(["dvc", "checkout", "--force", "evaluate"], root)
+    assert json.loads(run(["dvc", "status", "--json"], root).stdout) == {}
 
 
 def test_changing_a_bm25_param_invalidates_only_bm25(pipeline_result):

@@ -89,7 +89,8 @@ def test_run_is_tracked_through_the_mlflow_server(pipeline_run, services):
     assert teacher.data.params["distributed.num_processes"] == "2"
     losses = client.get_metric_history(teacher.info.run_id, "loss")
     assert [m.step for m in losses] == [1, 2, 3]  # rank 0's steps, relayed by the stage
-    assert client.get_model_version_by_alias("teacher-reranker", "challenger").version == "1"
+    teacher = client.get_model_version_by_alias(f"{MINI}.teacher-reranker", "challenger")
+    assert teacher.version == "1"
 
 
 def test_dvc_sees_the_run_outputs_as_up_to_date(pipeline_run, services):

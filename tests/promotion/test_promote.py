@@ -14,7 +14,7 @@ from components.promotion import (
     promote,
     request,
 )
-from components.registry import set_alias, version_of
+from components.registry import registered_name, set_alias, version_of
 from flows.promote import skipped_on_this_dataset
 from tests.promotion.toy_rankers import log_toy
 
@@ -69,6 +69,23 @@ def test_first_version_wins_weaker_is_kept_out_and_stronger_is_promoted():
     assert kept.tags["verdict"] == "kept champion" and kept.tags["champion_version"] == first
     assert kept.metrics["champion_ndcg_cut_10"] > kept.metrics["challenger_ndcg_cut_10"]
     assert by_version[stronger].data.tags["verdict"] == "promoted"
+
+
+def test_each_dataset_has_its_own_champion():
+    """A strong model of one dataset is promoted; the next dataset's weaker first version is
+    its own champion and never the other's challenger."""
+    first, second = registered_name("toy", "set-a"), registered_name("toy", "set-b")
+    assert first == "set-a.toy"
+    strong = _register(first, rank_of_relevant=1)
+    assert _promote(first, dataset="set-a").promoted
+    weak = _register(second, rank_of_relevant=8)
+    decision = _promote(second, dataset="set-b")
+    assert decision.promoted and decision.champion_version is None  # its own first version
+    assert version_of(first, "champion") == strong and version_of(second, "champion") == weak
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT],
+                              filter_string=f"tags.model = '{second}'", output_format="list")
+    assert [(r.data.tags["dataset"], r.data.tags["split_queries"]) for r in runs] == [
+        ("set-b", str(N))]
 
 
 def test_champion_evaluation_is_cached_per_split_and_version():
