@@ -139,4 +139,20 @@ def stage_run(stage: str, experiment: str, params: dict[str, Any], dataset_dir: 
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent,
                           tags=tags) as run:
         mlflow.log_params(flatten(params))
+        log_dataset(dataset_dir, tags["data_dvc_md5"])
         yield run
+
+
+def log_dataset(dataset_dir: Path, digest: str) -> None:
+    """Record the data folder as the run's input dataset (MLflow's Datasets tab and search),
+    named after the folder, with DVC's md5 as its digest and the local path as its source."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # two registered local sources; both read a plain path
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(dataset_dir).resolve()))
+    mlflow.log_input(MetaDataset(source, name=Path(dataset_dir).name, digest=digest[:36]))

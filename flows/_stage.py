@@ -1,9 +1,9 @@
 """What every stage flow shares: expected-failure handling and the command line.
 
 Expected failures (bad params, bad data, a failed validation, an unreachable tracking
-server) end the flow run in a Failed state whose message says what went wrong; the
-command exits 1 with that message and no traceback. Anything else is a bug and keeps its
-traceback.
+server, storage that refuses a write: no permission, read-only, full) end the flow run in a
+Failed state whose message says what went wrong; the command exits 1 with that message and no
+traceback. Anything else is a bug and keeps its traceback.
 
 Prefect only orchestrates: a stage whose body has finished keeps its outcome when the Prefect
 API goes away before the flow run's final state is reported. Its outputs are on disk and its
@@ -16,6 +16,7 @@ in dvc.lock against outputs made with the old ones, and call the stage up to dat
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import inspect
@@ -42,6 +43,20 @@ class StageFailed(RuntimeError):
 
 EXPECTED_FAILURES = (StageFailed, ParamsError, DataFormatError, FileNotFoundError,
                      TrackingUnavailable)
+
+
+# The machine's storage refused a write or a read (a read-only or full disk, a folder the user
+# may not write, e.g. outputs/ or mlruns/ made by another user): not a bug, a message.
+STORAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def storage_message(exc: OSError) -> str:
+    where = f" {exc.filename!r}" if exc.filename else ""
+    hint = ("free some space or move outputs/ (the DVC cache, mlruns/) to a larger disk"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "check that this user may write there (owner and mode of the folder) and "
+                 "that the disk is not mounted read-only")
+    return f"cannot use{where}: {exc.strerror or exc}; {hint}"
 
 
 @dataclass
@@ -85,7 +100,12 @@ def stage_flow(name: str) -> Callable:
                         f"{params_file} changed while the stage ran; its outputs were made with "
                         "the values it started with, so it ends failed and DVC records nothing: "
                         "run it again")
-            except EXPECTED_FAILURES as exc:
+            except (*EXPECTED_FAILURES, OSError) as exc:
+                if isinstance(exc, OSError) and not isinstance(exc, EXPECTED_FAILURES):
+                    if exc.errno not in STORAGE_ERRNOS:
+                        outcome.failed, outcome.message = True, f"stage {name} crashed: {exc!r}"
+                        raise
+                    exc = storage_message(exc)
                 message = f"stage {name} failed: {exc}"
                 outcome.failed, outcome.message = True, message
                 _log_error(message)

@@ -17,6 +17,7 @@ from components.data.beir import load_beir
 from components.data.splits import HELDOUT, QuerySplits
 from components.evaluation.costs import folder_bytes, time_each, write_cost
 from components.layout import Layout
+from components.progress import enabled as progress_enabled
 from components.runs import write_trec_run
 from components.search.dense import MODEL_NAME, DenseIndex
 from flows._stage import run_cli, stage_flow
@@ -33,7 +34,7 @@ def dense_stage(params_path: str = "params.yaml") -> dict:
         corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
         started = time.perf_counter()
         index = DenseIndex.build(corpus, batch_size=cfg.batch_size, bf16=cfg.bf16,
-                                 max_tokens=cfg.max_tokens)
+                                 max_tokens=cfg.max_tokens, progress=progress_enabled())
         metrics = {"encode_seconds": time.perf_counter() - started}
         index_dir = index.save(layout.root / "dense" / "index")
         metrics["index_bytes"] = folder_bytes(index_dir)

@@ -33,6 +33,7 @@ NOT_A_DEP = {
     "components/strict_yaml.py": "refuses a params file with a key twice or an alias; a file it "
                                  "accepts reads as yaml.safe_load reads it",
     "components/tracking.py": "MLflow runs, tags and logged params; writes nothing under outputs/",
+    "components/progress.py": "progress bars on stderr around a loop; they change no value",
     "flows/_stage.py": "turns expected failures into exit 1 and names the stage for the "
                        "judgements audit; it can stop a stage, not change its outputs",
 }

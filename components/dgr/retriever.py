@@ -45,6 +45,7 @@ from components.dgr.scoring import (
 from components.dgr.trie import IdentifierTrie, encode_identifier
 from components.llm.base_model import load_causal_lm, load_tokenizer
 from components.llm.padding import left_pad
+from components.progress import progress
 from components.runs import Run
 
 
@@ -334,7 +335,8 @@ class GenerativeRetriever:
         views = self.views()
         qids = list(queries)
         run: Run = {}
-        for start in range(0, len(qids), self.config.batch_size):
+        starts = range(0, len(qids), self.config.batch_size)
+        for start in progress(starts, f"decoding {len(qids)} queries", unit="batch"):
             batch = qids[start : start + self.config.batch_size]
             texts = [queries[q] for q in batch]
             per_view = {view: self.generate_identifiers(texts, view, k) for view in views}

@@ -38,6 +38,7 @@ from torch import nn
 from components.llm.hidden_states import final_states, layer_states, model_device
 from components.llm.padding import left_pad
 from components.llm.prompts import PromptBuilder
+from components.progress import progress
 from components.rabtriever.late_interaction import (
     TokenStates,
     maxsim_features,
@@ -60,7 +61,8 @@ def _length_batches(
     """(input positions, ids, mask) in batches of similar length (little padding); left-padded."""
     device = model_device(model)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in progress(starts, f"encoding {len(order)} texts", unit="batch"):
         index = order[start : start + batch_size]
         ids, mask = left_pad([rows[i] for i in index], tokenizer.pad_token_id)
         yield index, ids.to(device), mask.to(device)

@@ -31,6 +31,7 @@ from components.llm.prompts import (
     PromptTemplate,
     resolve_answer_token_ids,
 )
+from components.progress import progress
 from components.ranker import ranked
 from components.runs import Run
 
@@ -180,7 +181,8 @@ class LLMReranker:
         """
         encoded = self.prompts.encode_pairs(list(pairs))
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
-        for start in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        for start in progress(starts, f"teacher: {len(order)} pairs", unit="batch"):
             index = order[start : start + batch_size]
             input_ids, mask = left_pad([encoded[i] for i in index], self.tokenizer.pad_token_id)
             yield index, input_ids.to(self.device), mask.to(self.device)

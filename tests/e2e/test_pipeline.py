@@ -124,6 +124,9 @@ def test_mlflow_groups_stage_runs_under_the_pipeline_run(pipeline_result):
         assert child.info.status == "FINISHED"
         assert len(child.data.tags["git_commit"]) == 40
         assert child.data.tags["dataset"] == MINI
+        # The data folder is the run's MLflow input dataset, its digest DVC's md5.
+        [logged] = [i.dataset for i in child.inputs.dataset_inputs]
+        assert (logged.name, logged.digest) == (MINI, child.data.tags["data_dvc_md5"][:36])
     assert children["bm25"].data.params["bm25.k1"] == "0.9"
     assert children["evaluate"].data.metrics["test.all.bm25.ndcg_cut_10"] > 0.5
     artifacts = [a.path for a in client.list_artifacts(children["evaluate"].info.run_id, "eval")]

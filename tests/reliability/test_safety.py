@@ -223,3 +223,32 @@ def test_a_params_edit_while_a_stage_runs_fails_the_stage(tmp_path):
     assert edited.fn.outcome.failed is True
     assert untouched.fn(params_path=str(params)) == "done"
     assert untouched.fn.outcome.failed is False
+
+
+def test_storage_that_refuses_a_write_fails_the_stage_with_a_message(tmp_path):
+    """An output folder the user may not write (here one under /sys, which refuses even root)
+    ends the stage failed, naming the path and what to check; other OS errors stay bugs."""
+    import errno
+
+    from flows._stage import stage_flow
+
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 1\n")
+    target = Path("/sys/rerank-distill-outputs/run.trec")
+
+    @stage_flow("unwritable")
+    def unwritable(params_path: str) -> str:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return "done"
+
+    @stage_flow("buggy")
+    def buggy(params_path: str) -> str:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    state = unwritable.fn(params_path=str(params))
+    assert state.is_failed()
+    assert str(target.parent) in state.message and "may write there" in state.message
+    assert "Traceback" not in state.message
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        buggy.fn(params_path=str(params))
+    assert buggy.fn.outcome.message.startswith("stage buggy crashed")
