@@ -4,7 +4,8 @@ Every entry point calls `configure_environment()` before importing Prefect, MLfl
 DVC or Hugging Face libraries, so that all state stays inside the repository
 (PREFECT_HOME, the MLflow sqlite store, artifacts under `mlruns/`), telemetry is
 off and no code tries to reach a model hub. Values already set by the user win, so
-pointing MLFLOW_TRACKING_URI at a remote `mlflow server` just works.
+pointing MLFLOW_TRACKING_URI at a remote `mlflow server` just works, and a user who has a
+Prefect profile of their own (`prefect profile use ...`, `prefect cloud login`) keeps it.
 """
 
 from __future__ import annotations
@@ -41,5 +42,18 @@ def configure_environment(root: Path | None = None) -> None:
         "TOKENIZERS_PARALLELISM": "false",
         "GIT_PYTHON_REFRESH": "quiet",
     }
+    if user_prefect_profile() is not None:
+        # The user's own Prefect profile (its server URL, a Cloud login) applies as it would to
+        # any Prefect command; the repository's .prefect/ is only the default for those without.
+        del defaults["PREFECT_HOME"]
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+def user_prefect_profile() -> Path | None:
+    """The user's Prefect profiles file when one is configured (PREFECT_PROFILES_PATH, or
+    profiles.toml under PREFECT_HOME or ~/.prefect), else None."""
+    explicit = os.environ.get("PREFECT_PROFILES_PATH")
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    path = Path(explicit).expanduser() if explicit else home / "profiles.toml"
+    return path if path.is_file() else None

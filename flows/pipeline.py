@@ -12,7 +12,9 @@ deployment; its run parameters (profile, dataset, overrides, stages) can be set 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ from prefect import flow, get_run_logger, task
 
 from components import tracking
 from components.config import Params, ParamsError, load_params, require_dataset
+from components.layout import Layout
 from components.profiles import write_params
 from components.settings import repo_root
 from components.tracking import TrackingUnavailable
@@ -80,6 +83,45 @@ def apply_run_settings(params_path: str, profile: str, dataset: str,
                        "them until it is changed back", params_path)
 
 
+# The reports a pipeline run shows in the Prefect UI (its Artifacts tab): the run's dataset's
+# current files, whichever stages ran, so a run that failed still shows how far it got.
+REPORTS = {
+    "validation": ("validation/report.md", "Validation report (Great Expectations)"),
+    "results": ("eval/results.md", "Results table: metrics, paired tests, gain kept"),
+    "promotion": ("promotion/decisions.json", "Promotion decisions on the held-out dev split"),
+}
+
+
+def decisions_markdown(decisions: list[dict]) -> str:
+    rows = [f"| {d['model']} | {d['verdict']} | {d.get('challenger_version', '—')} | "
+            f"{d.get('champion_version') or '—'} | {d.get('split', '')} "
+            f"({d.get('split_queries', '?')} q) | {d.get('reason', '')} |".replace("\n", " ")
+            for d in decisions]
+    return "\n".join(["# Promotion decisions", "",
+                      "| model | verdict | challenger | champion | judged on | reason |",
+                      "|---|---|---|---|---|---|", *rows]) + "\n"
+
+
+def publish_reports(dataset: str) -> list[str]:
+    """Markdown artifacts of the dataset's reports, linked from this flow run; their keys."""
+    from prefect.artifacts import create_markdown_artifact
+
+    root = Layout(dataset).root
+    slug = re.sub(r"[^a-z0-9-]+", "-", dataset.lower()).strip("-")
+    published = []
+    for name, (relative, description) in REPORTS.items():
+        path = root / relative
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            text = decisions_markdown(json.loads(text))
+        key = f"{name}-{slug}"
+        create_markdown_artifact(markdown=text, key=key, description=description)
+        published.append(key)
+    return published
+
+
 def preflight(params_path: str) -> Params:
     """What must hold before any stage runs: valid params, the dataset folder, a reachable
     MLflow tracking server. Each failure raises with the file, key or URI named."""
@@ -125,6 +167,7 @@ def pipeline(params_path: str = "params.yaml", profile: str = "", dataset: str =
                 mlflow.set_tag(f"stage.{stage}", outcomes[stage])
         finally:
             os.environ.pop(tracking.PARENT_RUN_ENV, None)
+            publish_reports(params.data.name)
     print("stages: " + ", ".join(f"{s}={o}" for s, o in outcomes.items()))
     return outcomes
 

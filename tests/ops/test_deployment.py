@@ -72,6 +72,18 @@ def test_triggered_run_completes_with_each_stage_as_a_task_run(pipeline_run, ser
     assert "stages: validate=ran, bm25=ran, base_model=ran, teacher=ran" in logs
 
 
+def test_the_run_shows_its_reports_as_markdown_artifacts(pipeline_run, services):
+    """The validation report (the stages this run ran write no results or decisions yet) is a
+    markdown artifact of the pipeline's flow run, under a per-dataset key."""
+    flow_run, _ = pipeline_run
+    artifacts = services.prefect.post(
+        "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
+    by_key = {a["key"]: a for a in artifacts}
+    assert set(by_key) == {f"validation-{MINI}"}, list(by_key)
+    report = by_key[f"validation-{MINI}"]
+    assert report["type"] == "markdown" and f"Data validation: {MINI}" in report["data"]
+
+
 def test_run_is_tracked_through_the_mlflow_server(pipeline_run, services):
     client = MlflowClient(tracking_uri=services.mlflow_url)
     experiment = client.get_experiment_by_name("rerank-distill")
