@@ -304,12 +304,15 @@ class DGRParams(Section):
     num_passages: int = Field(ge=2)
     sampling: Literal["top", "top_random"]
     sampling_top: int = Field(ge=0)
-    distill_loss: Literal["ranknet", "listwise_kl", "none"]
+    distill_loss: Literal["ranknet", "ranknet_hinge", "listwise_kl", "none"]
     distill_view: IdentifierView
     alpha: float = Field(ge=0)
     temperature: float = Field(gt=0)
     margin: float = Field(ge=0)
-    pair_weighting: Literal["dgr", "delta", "uniform"]
+    pair_weighting: Literal["reciprocal_sum", "delta", "uniform"]
+    hinge_margin: float = Field(ge=0)
+    hinge_margin_step: float = Field(ge=0)
+    hinge_first_weight: float = Field(gt=0)
     cache_frozen_states: bool
     num_beams: int = Field(ge=1)
     bf16: bool  # decoder layers in bf16 where native; the LM head stays fp32

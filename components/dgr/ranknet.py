@@ -1,4 +1,5 @@
-"""Distilled RankNet: pairwise logistic loss that makes a student respect a teacher's order."""
+"""Distilled RankNet, logistic form: this project's pairwise loss that makes a student respect a
+teacher's order (DGR's released hinge form is `components.dgr.hinge_ranknet`)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,27 @@ from typing import Literal
 import torch
 from torch import nn
 
-PairWeighting = Literal["dgr", "delta", "uniform"]
+PairWeighting = Literal["reciprocal_sum", "delta", "uniform"]
 
 
-def pair_weights(m: int, weighting: PairWeighting = "dgr", device=None) -> torch.Tensor:
+def pair_weights(m: int, weighting: PairWeighting = "reciprocal_sum", device=None) -> torch.Tensor:
     """[m, m] weights w_ij for the pairs i < j (zero on and below the diagonal).
 
-    "dgr":     w_ij = 1/(i+1) + 1/(j+1)   (DGR: pairs that involve a top passage count more)
+    "reciprocal_sum": w_ij = 1/(i+1) + 1/(j+1)  (pairs that involve a top passage count more;
+               this project's choice: DGR's released loss is the hinge in `hinge_ranknet`)
     "delta":   w_ij = |1/(i+1) - 1/(j+1)|  (LambdaRank-like: the reciprocal-rank change a swap
                of i and j would cause; adjacent pairs deep in the list count little)
     "uniform": w_ij = 1                    (plain RankNet)
     """
     inv = 1.0 / torch.arange(1, m + 1, dtype=torch.float32, device=device)
-    if weighting == "dgr":
+    if weighting == "reciprocal_sum":
         weights = inv[:, None] + inv[None, :]
     elif weighting == "delta":
         weights = (inv[:, None] - inv[None, :]).abs()
     elif weighting == "uniform":
         weights = torch.ones(m, m, device=device)
     else:
-        raise ValueError(f"weighting must be dgr, delta or uniform, got {weighting!r}")
+        raise ValueError(f"weighting must be reciprocal_sum, delta or uniform, got {weighting!r}")
     return torch.triu(weights, diagonal=1)
 
 
@@ -34,7 +36,7 @@ def distilled_ranknet(
     scores: torch.Tensor,
     temperature: float = 1.0,
     margin: float = 0.0,
-    weighting: PairWeighting = "dgr",
+    weighting: PairWeighting = "reciprocal_sum",
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted pairwise logistic loss over the teacher's order, averaged over lists.
@@ -61,10 +63,12 @@ def distilled_ranknet(
                 gradient); a batch with no pair at all returns a zero that still has a graph.
 
     Reference:
-        Burges et al., "Learning to Rank using Gradient Descent" (RankNet, ICML 2005);
-        Li et al., "Distillation Enhanced Generative Retrieval" (DGR, Findings of ACL 2024),
-        which distils a cross-encoder's rank list into a generative retriever with this loss and
-        the rank weights 1/(i+1) + 1/(j+1).
+        Burges et al., "Learning to Rank using Gradient Descent" (RankNet, ICML 2005), the
+        logistic pairwise loss; Li et al., "Distillation Enhanced Generative Retrieval" (DGR,
+        Findings of ACL 2024) distil a reranker's rank list into a generative retriever with a
+        pairwise loss, but their released code uses a hinge with rank-dependent margins
+        (`components.dgr.hinge_ranknet.released_ranknet`). This logistic form and its rank
+        weights 1/(i+1) + 1/(j+1) are this project's, not the paper's.
 
     Temperature convention:
         Score differences are DIVIDED by `temperature` after the margin is subtracted (T=1: raw
@@ -97,9 +101,8 @@ def distilled_ranknet(
 class DistilledRankNetLoss(nn.Module):
     """Module form of `distilled_ranknet` (same equation, shapes and temperature convention)."""
 
-    def __init__(
-        self, temperature: float = 1.0, margin: float = 0.0, weighting: PairWeighting = "dgr"
-    ):
+    def __init__(self, temperature: float = 1.0, margin: float = 0.0,
+                 weighting: PairWeighting = "reciprocal_sum"):
         super().__init__()
         self.temperature = temperature
         self.margin = margin

@@ -16,8 +16,9 @@ the rarest words with the query: the one the model would generate), and
 
     loss = distill(student scores, teacher order / scores) + alpha * generation loss,
 
-with distill = distilled RankNet (`components.dgr.ranknet`) or listwise KL
-(`components.dgr.listwise_kl`), or none (the control: stage 2's steps and batches on the
+with distill = distilled RankNet, logistic (`components.dgr.ranknet`, this project's) or the
+released hinge (`components.dgr.hinge_ranknet`), or listwise KL (`components.dgr.listwise_kl`),
+or none (the control: stage 2's steps and batches on the
 generation term alone), and the generation loss the stage-1 cross-entropy of the first
 passage's identifier (the labelled positive, or the teacher's top passage). The teacher is any
 run, so BM25 or a dense run can stand in for the LLM reranker. A list's m identifiers share
@@ -47,6 +48,7 @@ from torch import nn
 from components.atomic import atomic_path
 from components.config import DGRParams
 from components.dgr.frozen_trunk import FrozenTrunk
+from components.dgr.hinge_ranknet import released_ranknet
 from components.dgr.identifiers import Corpus, IdentifierIndex
 from components.dgr.listwise_kl import listwise_kl
 from components.dgr.packing import packable, packed_target_logprobs
@@ -314,6 +316,9 @@ class _Stage2:
             offset += n
         if p.distill_loss == "ranknet":
             distill = distilled_ranknet(scores, p.temperature, p.margin, p.pair_weighting, real)
+        elif p.distill_loss == "ranknet_hinge":
+            distill = released_ranknet(scores, p.hinge_margin, p.hinge_margin_step,
+                                       p.hinge_first_weight, real)
         elif p.distill_loss == "listwise_kl":
             distill = listwise_kl(scores, teacher, p.temperature, mask=real)
         else:  # "none": the same steps on the generation term alone, to show what distilling adds

@@ -33,7 +33,7 @@ def test_margin_and_temperature_follow_the_documented_convention():
 
 
 def test_pair_weights_are_upper_triangular():
-    w = pair_weights(4, "dgr")
+    w = pair_weights(4, "reciprocal_sum")
     assert torch.all(torch.tril(w) == 0)
     assert w[0, 1].item() == pytest.approx(1.5)
     assert pair_weights(3, "uniform").sum().item() == 3

@@ -175,7 +175,7 @@ def test_a_second_machine_rebuilds_the_registry_from_the_outputs(pipeline_result
     try:
         result = run(["python", "-m", "flows.register"], root,
                      extra_env={"MLFLOW_TRACKING_URI": store})
-        assert f"registered {MINI}.rabtriever v1 as challenger" in result.stdout
+        assert f"registered {MINI}.rabtriever v1 as challenger" in result.stdout + result.stderr
         decisions = json.loads(decisions_file.read_text())
         assert {d["model"]: d["verdict"] for d in decisions} == {
             f"{MINI}.{m}": "promoted" for m in ("teacher-reranker", "rabtriever", "dgr")}
