@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import typer
 
 from components import tracking
@@ -65,7 +66,10 @@ def register_flow(params_path: str = "params.yaml", models: list[str] | None = N
             if missing:
                 raise StageFailed(f"{model}: no stage output at {', '.join(missing)}; run "
                                   "`dvc pull` (or the pipeline) first")
-            versions[model] = register(params)
+            # One child run per model: MLflow logs each model's config as its run's params.
+            with mlflow.start_run(run_name=f"register-{model}", nested=True,
+                                  tags={"stage": "register", "model": model}):
+                versions[model] = register(params)
     return versions
 
 
