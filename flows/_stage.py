@@ -3,7 +3,8 @@
 Expected failures (bad params, bad data, a failed validation, an unreachable tracking
 server, storage that refuses a write: no permission, read-only, full) end the flow run in a
 Failed state whose message says what went wrong; the command exits 1 with that message and no
-traceback. Anything else is a bug and keeps its traceback.
+traceback (75, EX_TEMPFAIL, when it may pass on a retry: an unreachable tracking server). Anything
+else is a bug and keeps its traceback.
 
 Prefect only orchestrates: a stage whose body has finished keeps its outcome when the Prefect
 API goes away before the flow run's final state is reported. Its outputs are on disk and its
@@ -43,6 +44,10 @@ class StageFailed(RuntimeError):
 
 EXPECTED_FAILURES = (StageFailed, ParamsError, DataFormatError, FileNotFoundError,
                      TrackingUnavailable)
+# Failures that may pass on their own (the tracking server was down): the command exits with
+# EX_TEMPFAIL instead of 1, so the pipeline retries the stage; bad data or params never are.
+TRANSIENT_FAILURES = (TrackingUnavailable,)
+EXIT_TRANSIENT = 75
 
 
 # The machine's storage refused a write or a read (a read-only or full disk, a folder the user
@@ -65,6 +70,7 @@ class BodyOutcome:
 
     failed: bool | None = None
     message: str = ""
+    transient: bool = False
 
 
 def _log_error(message: str) -> None:
@@ -86,7 +92,7 @@ def stage_flow(name: str) -> Callable:
 
         @functools.wraps(body)
         def guarded(*args, **kwargs):
-            outcome.failed, outcome.message = None, ""
+            outcome.failed, outcome.message, outcome.transient = None, "", False
             os.environ[STAGE_ENV] = name  # who reads which judgements (components/data/judgements)
             # Prefect passes parameters positionally where the signature allows.
             bound = inspect.signature(body).bind(*args, **kwargs)
@@ -108,6 +114,7 @@ def stage_flow(name: str) -> Callable:
                     exc = storage_message(exc)
                 message = f"stage {name} failed: {exc}"
                 outcome.failed, outcome.message = True, message
+                outcome.transient = isinstance(exc, TRANSIENT_FAILURES)
                 _log_error(message)
                 return Failed(message=message)
             except BaseException as exc:
@@ -141,6 +148,6 @@ def run_cli(stage_flow_fn: Callable) -> None:
             failed, message = outcome.failed, outcome.message
         if failed:
             typer.echo(message or f"{stage_flow_fn.name} failed", err=True)
-            sys.exit(1)
+            sys.exit(EXIT_TRANSIENT if outcome.transient else 1)
 
     app()

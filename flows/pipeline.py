@@ -31,6 +31,7 @@ from components.layout import Layout
 from components.profiles import write_params
 from components.settings import repo_root
 from components.tracking import TrackingUnavailable
+from flows._stage import EXIT_TRANSIENT
 
 
 def stage_order() -> list[str]:
@@ -39,28 +40,62 @@ def stage_order() -> list[str]:
 
 
 class StageError(RuntimeError):
-    pass
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
-@task(name="stage", retries=0)
-def run_stage(stage: str) -> str:
-    """Run one DVC stage; returns 'ran' or 'skipped'. Streams its output into the logs."""
-    logger = get_run_logger()
-    command = ["dvc", "repro", "--single-item", stage]
-    logger.info("$ %s", " ".join(command))
+def _stage_env() -> dict[str, str]:
     # The stages' `dvc` and `python` are this interpreter's, activated or not.
     env = os.environ.copy()
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def stage_is_stale(stage: str) -> bool:
+    """Will `dvc repro --single-item <stage>` run it? DVC's own answer (`dvc status --json`)."""
+    result = subprocess.run(["dvc", "status", "--json", stage], cwd=repo_root(), text=True,
+                            capture_output=True, env=_stage_env())
+    if result.returncode != 0:
+        return True  # DVC cannot tell (e.g. a missing output): repro decides, and runs it
+    return bool(json.loads(result.stdout or "{}"))
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    """Retry a stage only when it failed for a reason that may pass (exit 75, EX_TEMPFAIL)."""
+    try:
+        state.result()
+    except StageError as exc:
+        return exc.transient
+    except Exception:
+        return False
+    return False
+
+
+# DVC reports a failed stage command as "failed to run: <cmd>, exited with <status>".
+TRANSIENT_EXIT = re.compile(rf"exited with {EXIT_TRANSIENT}\b")
+
+
+@task(name="stage", retries=2, retry_delay_seconds=[15, 60], retry_condition_fn=_retry_transient)
+def run_stage(stage: str) -> str:
+    """Run one DVC stage; 'ran' or 'skipped', as DVC's status said before the run. Streams its
+    output into the logs; retried (twice, after 15 s and 60 s) only on a transient failure."""
+    logger = get_run_logger()
+    stale = stage_is_stale(stage)
+    command = ["dvc", "repro", "--single-item", stage]
+    logger.info("$ %s", " ".join(command))
     process = subprocess.Popen(command, cwd=repo_root(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=env)
+                               stderr=subprocess.STDOUT, text=True, env=_stage_env())
     lines = []
     for line in process.stdout:
         lines.append(line.rstrip())
         logger.info(line.rstrip())
     if process.wait() != 0:
         tail = "\n".join(lines[-25:])
-        raise StageError(f"stage {stage} failed (exit {process.returncode}):\n{tail}")
-    return "skipped" if any("didn't change, skipping" in line for line in lines) else "ran"
+        transient = any(TRANSIENT_EXIT.search(line) for line in lines[-25:])
+        raise StageError(f"stage {stage} failed (exit {process.returncode}"
+                         f"{', transient' if transient else ''}):\n{tail}", transient)
+    return "ran" if stale else "skipped"
 
 
 def apply_run_settings(params_path: str, profile: str, dataset: str,

@@ -172,3 +172,22 @@ def test_stop_terminates_the_recorded_ids_deployment_first(tmp_path):
         "serve", "mlflow", "prefect"]
     assert all(p.wait(timeout=5) == -15 for p in started.values())  # SIGTERM
     assert not (tmp_path / ".run/services.json").exists()
+
+
+def test_an_unreachable_tracking_server_exits_75_and_only_that_is_retried():
+    """EX_TEMPFAIL from the stage command, recognised in DVC's failure line; bad input is not
+    retried."""
+    from dvc.stage.exceptions import StageCmdFailedError
+    from prefect.states import Failed
+
+    from flows.pipeline import TRANSIENT_EXIT, StageError, _retry_transient
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # discard port: closed
+    result = subprocess.run([sys.executable, "-m", "flows.bm25"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 75, result.stderr[-2000:]
+    assert "unreachable" in result.stderr and "Traceback" not in result.stderr
+    assert TRANSIENT_EXIT.search(str(StageCmdFailedError("python -m flows.bm25", 75)))
+    assert not TRANSIENT_EXIT.search(str(StageCmdFailedError("python -m flows.bm25", 1)))
+    assert _retry_transient(None, None, Failed(data=StageError("server down", transient=True)))
+    assert not _retry_transient(None, None, Failed(data=StageError("bad data")))
