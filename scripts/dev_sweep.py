@@ -135,13 +135,13 @@ def main() -> None:
                  for v in others]
         adjusted = dict(zip(others, holm([p for p, _ in tests]), strict=True))
         for value in [base, *others]:
-            values = scores[(value, system)]
-            mean = sum(values.values()) / len(values)
+            per_query = scores[(value, system)]
+            mean = sum(per_query.values()) / len(per_query)
             if value == base:
                 print(f"| {system} | {value} | {mean:.4f} | — | — | — |")
                 continue
             diff = mean - sum(reference.values()) / len(reference)
-            wins, ties, losses = win_tie_loss(values, reference)
+            wins, ties, losses = win_tie_loss(per_query, reference)
             print(f"| {system} | {value} | {mean:.4f} | {diff:+.4f} | {adjusted[value]:.3f} | "
                   f"{wins}/{ties}/{losses} |")
 
