@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from components.dgr.ranknet import as_lists
+
 
 def released_ranknet(
     scores: torch.Tensor,
@@ -47,12 +49,7 @@ def released_ranknet(
         None: score differences are used as they are; `margin` and `margin_step` are in score
         units.
     """
-    if scores.dim() == 1:
-        scores = scores.unsqueeze(0)
-        mask = None if mask is None else mask.unsqueeze(0)
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be [lists, m] or [m], got {tuple(scores.shape)}")
-    scores = scores.float()
+    scores, mask = as_lists(scores, mask)
     m = scores.shape[1]
     rank = torch.arange(m, device=scores.device)
     i, j = rank[:, None], rank[None, :]

@@ -32,6 +32,17 @@ def pair_weights(m: int, weighting: PairWeighting = "reciprocal_sum", device=Non
     return torch.triu(weights, diagonal=1)
 
 
+def as_lists(scores: torch.Tensor, mask: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scores (and mask) as [lists, m], fp32: a single list [m] becomes one row."""
+    if scores.dim() == 1:
+        scores = scores.unsqueeze(0)
+        mask = None if mask is None else mask.unsqueeze(0)
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [lists, m] or [m], got {tuple(scores.shape)}")
+    return scores.float(), mask
+
+
 def distilled_ranknet(
     scores: torch.Tensor,
     temperature: float = 1.0,
@@ -77,12 +88,7 @@ def distilled_ranknet(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if scores.dim() == 1:
-        scores = scores.unsqueeze(0)
-        mask = None if mask is None else mask.unsqueeze(0)
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be [lists, m] or [m], got {tuple(scores.shape)}")
-    scores = scores.float()
+    scores, mask = as_lists(scores, mask)
     m = scores.shape[1]
     weights = pair_weights(m, weighting, scores.device).expand(scores.shape[0], m, m)
     if mask is not None:
