@@ -38,7 +38,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from components.ranker import Ranker
-from components.registry import model_code
+from components.registry import model_code, registered_name, set_alias
 
 # System name -> the class that loads it (`from_artifacts`); imported on use, so serving one
 # system does not import the others' dependencies.
@@ -208,4 +208,18 @@ def log_ranker(
         )
 
 
-__all__ = ["SYSTEMS", "RankerModel", "answer", "log_ranker", "ranker_signature"]
+def register_challenger(system: str, model: str, dataset: str,
+                        artifacts: Mapping[str, str | os.PathLike],
+                        config: Mapping[str, Any] | None = None, k: int = DEFAULT_K) -> str:
+    """Log `system` to the active run as a new version of `<dataset>.<model>` and point its
+    `challenger` alias there (what a training stage and `flows.register` do); the version."""
+    registered = registered_name(model, dataset)
+    info = log_ranker(system, artifacts, config, name=model, k=k,
+                      registered_model_name=registered)
+    set_alias(registered, info.registered_model_version, "challenger")
+    print(f"registered {registered} v{info.registered_model_version} as challenger")
+    return str(info.registered_model_version)
+
+
+__all__ = ["SYSTEMS", "RankerModel", "answer", "log_ranker", "ranker_signature",
+           "register_challenger"]

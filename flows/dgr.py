@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from components import registry, tracking
+from components import tracking
 from components.atomic import write_text_atomic
 from components.config import load_params
 from components.data.beir import load_beir
@@ -40,7 +40,7 @@ from components.evaluation.costs import folder_bytes, time_each, write_cost
 from components.layout import Layout, run_key
 from components.llm.base_model import load_tokenizer
 from components.runs import read_trec_run, write_trec_run
-from components.serving import log_ranker
+from components.serving import register_challenger
 from flows._stage import StageFailed, run_cli, stage_flow
 
 MODEL = "dgr"
@@ -81,17 +81,14 @@ def retriever_config(cfg) -> RetrieverConfig:
 
 
 def register(params) -> str:
-    """Log the stage's DGR model with its trie and identifiers to the active MLflow run as
-    `<dataset>.dgr`'s challenger; the new version. Also `flows.register`."""
+    """Log the stage's DGR model with its trie and identifiers as `<dataset>.dgr`'s
+    challenger; the version. Also `flows.register`."""
     cfg, out = params.dgr, Layout(params.data.name).root / "dgr"
-    registered = registry.registered_name(MODEL, params.data.name)
-    info = log_ranker("dgr", {"model": out / "dgr_model", "trie": out / "trie.json",
-                              "identifiers": out / "identifiers.json"},
-                      retriever_config(cfg).to_dict(), k=cfg.num_beams, name=MODEL,
-                      registered_model_name=registered)
-    registry.set_alias(registered, info.registered_model_version, "challenger")
-    print(f"registered {registered} v{info.registered_model_version} as challenger")
-    return str(info.registered_model_version)
+    return register_challenger(
+        "dgr", MODEL, params.data.name,
+        {"model": out / "dgr_model", "trie": out / "trie.json",
+         "identifiers": out / "identifiers.json"},
+        retriever_config(cfg).to_dict(), k=cfg.num_beams)
 
 
 @stage_flow("dgr")

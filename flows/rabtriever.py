@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from components import registry, tracking
+from components import tracking
 from components.atomic import write_text_atomic
 from components.config import load_params
 from components.data.beir import load_beir
@@ -47,7 +47,7 @@ from components.rabtriever.predictor import Predictor
 from components.rabtriever.rounds import Candidates, TeacherRounds
 from components.rabtriever.training import train_predictor
 from components.runs import read_trec_run, write_trec_run
-from components.serving import log_ranker
+from components.serving import register_challenger
 from components.teacher.data import document_text
 from components.teacher.reranker import LLMReranker
 from flows._stage import StageFailed, run_cli, stage_flow
@@ -182,18 +182,13 @@ def index_documents(mode: str, corpus_ids, first_stage: dict, evaluated: dict,
 
 
 def register(params) -> str:
-    """Log the stage's student (the teacher's LLM, its predictor and index) to the active MLflow
-    run as `<dataset>.rabtriever`'s challenger; the new version. Also `flows.register`."""
+    """Log the stage's student (the teacher's LLM, its predictor and index: `save` keeps the
+    index in the `rabtriever` folder) as `<dataset>.rabtriever`'s challenger; the version."""
     layout = Layout(params.data.name)
-    registered = registry.registered_name(MODEL, params.data.name)
-    # The `rabtriever` folder holds the index too (`save`): no separate `doc_index`.
-    info = log_ranker("rabtriever", {"base_model": layout.teacher_model,
-                                     "rabtriever": layout.root / "rabtriever"},
-                      {"bf16": params.teacher.bf16}, name=MODEL,
-                      registered_model_name=registered)
-    registry.set_alias(registered, info.registered_model_version, "challenger")
-    print(f"registered {registered} v{info.registered_model_version} as challenger")
-    return str(info.registered_model_version)
+    return register_challenger(
+        "rabtriever", MODEL, params.data.name,
+        {"base_model": layout.teacher_model, "rabtriever": layout.root / "rabtriever"},
+        {"bf16": params.teacher.bf16})
 
 
 @stage_flow("rabtriever")

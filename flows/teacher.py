@@ -17,11 +17,11 @@ from pathlib import Path
 
 import mlflow
 
-from components import registry, tracking
+from components import tracking
 from components.config import load_params
 from components.layout import Layout
 from components.llm.prompts import TEMPLATES_PATH
-from components.serving import log_ranker
+from components.serving import register_challenger
 from components.teacher.curve import LOG_NAME, TrainingCurve
 from components.teacher.training import StepMetrics, TrainResult, train_teacher
 from flows._stage import StageFailed, run_cli, stage_flow
@@ -36,16 +36,13 @@ MODEL = "teacher-reranker"
 
 
 def register(params) -> str:
-    """Log the stage's model to the active MLflow run and make it `<dataset>.teacher-reranker`'s
+    """Log the stage's model to the active MLflow run as `<dataset>.teacher-reranker`'s
     challenger; the new version. Also `flows.register`, for models pulled with DVC."""
-    cfg, layout = params.teacher, Layout(params.data.name)
-    registered = registry.registered_name(MODEL, params.data.name)
-    info = log_ranker("teacher", {"model": layout.teacher_model, "template": TEMPLATES_PATH},
-                      {"task": cfg.task, "max_doc_tokens": cfg.max_doc_tokens, "bf16": cfg.bf16},
-                      name=MODEL, registered_model_name=registered)
-    registry.set_alias(registered, info.registered_model_version, "challenger")
-    print(f"registered {registered} v{info.registered_model_version} as challenger")
-    return str(info.registered_model_version)
+    cfg = params.teacher
+    return register_challenger(
+        "teacher", MODEL, params.data.name,
+        {"model": Layout(params.data.name).teacher_model, "template": TEMPLATES_PATH},
+        {"task": cfg.task, "max_doc_tokens": cfg.max_doc_tokens, "bf16": cfg.bf16})
 
 
 def train_launched(params, params_path: str, on_step) -> TrainResult:
