@@ -1,8 +1,10 @@
 # Two entry points (see README): `make pipeline` and `make test`.
 # Both install the locked environment into .venv first (once; later calls skip it).
+# TORCH=cpu (default) or TORCH=cu130 picks the torch build (requirements-torch-<TORCH>.lock).
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
+export TORCH ?= cpu
 
 .PHONY: pipeline test setup data lint summary up down
 

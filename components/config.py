@@ -31,6 +31,8 @@ from components import strict_yaml
 from components.data import catalog
 from components.settings import repo_root
 
+DEVICE_SETTING = r"^(auto|cpu|cuda(:\d+)?)$"  # components.device reads it
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -168,6 +170,11 @@ class DenseParams(Section):
     batch_size: int = Field(ge=1)  # texts per encoder forward
     bf16: bool  # bf16 autocast where the CPU/GPU has native bf16
     max_tokens: int | None = Field(ge=8)  # word pieces per text (None: the encoder's 256)
+    index: Literal["flat", "ivf", "hnsw"]  # FAISS index type (components.search.faiss_index)
+    ivf_lists: int = Field(ge=0)  # ivf: k-means cells (0: 4·sqrt(documents))
+    nprobe: int = Field(ge=1)  # ivf: cells scanned per query
+    hnsw_m: int = Field(ge=4, le=256)  # hnsw: graph links per document
+    ef_search: int = Field(ge=1)  # hnsw: candidates kept while searching
 
 
 class PromoteParams(Section):
@@ -383,6 +390,7 @@ RENAMED_SECTIONS = {"validation": "validate", "jepa": "rabtriever"}
 class Params(Section):
     profile: str
     seed: int = Field(ge=0, lt=2**32)  # numpy and torch accept 0..2**32-1
+    device: str = Field(pattern=DEVICE_SETTING)  # auto | cpu | cuda | cuda:N (components.device)
     data: DataParams
     validate: ValidateParams
     bm25: BM25Params

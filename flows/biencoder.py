@@ -26,6 +26,7 @@ from components.data.beir import load_beir
 from components.data.judgements import read_judgements
 from components.data.sampling import sample_query_ids
 from components.data.splits import HELDOUT, QuerySplits
+from components.device import use_device
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.layout import Layout, run_key
 from components.llm.base_model import load_causal_lm, load_tokenizer
@@ -73,7 +74,8 @@ def biencoder_stage(params_path: str = "params.yaml") -> dict:
                               seed=params.seed)
         if not groups:
             raise StageFailed("no training groups: no training query has a relevant document")
-        encoder = BiEncoder(load_causal_lm(layout.base_model), load_tokenizer(layout.base_model),
+        encoder = BiEncoder(load_causal_lm(layout.base_model, device=use_device(params.device)),
+                            load_tokenizer(layout.base_model),
                             max_doc_tokens=cfg.max_doc_tokens,
                             max_query_tokens=cfg.max_query_tokens, bf16=cfg.bf16)
         # Checkpoints (not a DVC output) resume only a run with the same settings and data.

@@ -32,6 +32,7 @@ from components.config import load_params
 from components.data.beir import load_beir
 from components.data.judgements import read_judgements
 from components.data.splits import HELDOUT, QuerySplits
+from components.device import current_device, use_device
 from components.dgr.identifiers import IdentifierParams, build_identifier_index
 from components.dgr.retriever import GenerativeRetriever, RetrieverConfig
 from components.dgr.training import stage1_examples, train_stage1, train_stage2
@@ -101,6 +102,7 @@ def dgr(params_path: str = "params.yaml") -> dict:
     with tracking.stage_run("dgr", params.tracking.experiment, section, dataset_dir):
         if params.data.trains_elsewhere:
             return skip_cross_dataset(layout, params)
+        use_device(params.device)
         dataset = load_beir(dataset_dir, qrels=False)
         corpus, queries = dataset.corpus_dict(), dataset.queries_dict()
         splits = QuerySplits.load(layout.splits_file)
@@ -167,7 +169,8 @@ def dgr(params_path: str = "params.yaml") -> dict:
                      if qids}
         for system, model_dir in (("gr", out / "gr_model"), ("dgr", out / "dgr_model")):
             retriever = GenerativeRetriever.from_pretrained(
-                model_dir, out / "trie.json", out / "identifiers.json", config)
+                model_dir, out / "trie.json", out / "identifiers.json", config,
+                device=current_device())
             for split, qids in evaluated.items():
                 asked = {q: queries[q] for q in qids}
                 # The test split's first `dgr.latency_queries` one at a time: each call's wall

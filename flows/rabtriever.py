@@ -35,6 +35,7 @@ from components.atomic import write_text_atomic
 from components.config import load_params
 from components.data.beir import load_beir
 from components.data.splits import HELDOUT, QuerySplits
+from components.device import use_device
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.fusion import interpolate
 from components.layout import Layout, run_key
@@ -208,6 +209,7 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
             pooling=cfg.pooling,
             bf16=params.teacher.bf16,
             maxsim_doc_tokens=cfg.maxsim_doc_tokens,
+            device=use_device(params.device),
         )
         torch.manual_seed(params.seed)
         predictor = Predictor(

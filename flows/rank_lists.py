@@ -28,6 +28,7 @@ from components.config import load_params
 from components.data.beir import load_beir
 from components.data.sampling import sample_query_ids
 from components.data.splits import HELDOUT, QuerySplits
+from components.device import use_device
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
 from components.fusion import interpolate
 from components.layout import Layout
@@ -72,7 +73,8 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                  if params.data.trains_elsewhere else dataset)
         reranker = LLMReranker.from_pretrained(
             layout.teacher_model, template=PromptTemplate.load(params.teacher.task),
-            max_doc_tokens=params.teacher.max_doc_tokens, bf16=params.teacher.bf16)
+            max_doc_tokens=params.teacher.max_doc_tokens, bf16=params.teacher.bf16,
+            device=use_device(params.device))
         frames, metrics = [], {}
         documents = None
         if cfg.document_layers is not None:

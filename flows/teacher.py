@@ -19,6 +19,7 @@ import mlflow
 
 from components import tracking
 from components.config import load_params
+from components.device import use_device
 from components.layout import Layout
 from components.llm.prompts import TEMPLATES_PATH
 from components.serving import register_challenger
@@ -87,6 +88,7 @@ def teacher_stage(params_path: str = "params.yaml") -> str:
                "distributed": params.distributed.model_dump()}
     with tracking.stage_run("teacher", params.tracking.experiment, section, dataset_dir,
                             extra_tags={"train_dataset": params.data.train_name}):
+        use_device(params.device)  # under a launcher, each rank takes its own (teacher_worker)
         inputs = training_inputs(params)
         groups, template = inputs.groups, inputs.template
         if not groups:

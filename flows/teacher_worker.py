@@ -35,6 +35,7 @@ from components.data.beir import load_beir
 from components.data.judgements import read_judgements
 from components.data.sampling import sample_query_ids
 from components.data.splits import HELDOUT, QuerySplits
+from components.device import use_device
 from components.layout import Layout, run_key
 from components.llm.prompts import PromptTemplate
 from components.runs import read_trec_run
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     from components.teacher.training import train_teacher
 
     params = load_params(args.params)
+    use_device(params.device)
     inputs = training_inputs(params)
     layout = Layout(params.data.name)
     rank = int(os.environ.get("RANK", "0"))

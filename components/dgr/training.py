@@ -47,6 +47,7 @@ from torch import nn
 
 from components.atomic import atomic_path
 from components.config import DGRParams
+from components.device import current_device
 from components.dgr.frozen_trunk import FrozenTrunk
 from components.dgr.hinge_ranknet import released_ranknet
 from components.dgr.identifiers import Corpus, IdentifierIndex
@@ -384,8 +385,7 @@ def _train(
     seed: int, max_steps: int, stage: int,
 ) -> TrainResult:
     seed_everything(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = apply_train_mode(load_causal_lm(base_model_dir, device=device), params)
+    model = apply_train_mode(load_causal_lm(base_model_dir, device=current_device()), params)
     bf16_layers(model, params.bf16)
     identity = {**params.model_dump(exclude={"checkpoint_every", "keep_checkpoints"}),
                 "seed": seed, "stage": stage, "max_steps": max_steps}

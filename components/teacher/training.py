@@ -26,6 +26,7 @@ from torch import nn
 
 from components.atomic import atomic_path
 from components.config import BiEncoderParams, DGRParams, TeacherParams
+from components.device import current_device
 from components.llm.base_model import load_causal_lm, load_tokenizer
 from components.llm.padding import left_pad
 from components.llm.precision import bf16_available
@@ -176,7 +177,7 @@ def train_teacher(
     """
     if len(groups) < params.global_batch_groups:
         raise ValueError(f"{len(groups)} groups < one global batch ({params.global_batch_groups})")
-    cuda = torch.cuda.is_available()
+    cuda = current_device().type == "cuda"
     loop.seed_everything(seed)  # identical LoRA init on every rank
     tokenizer = load_tokenizer(base_model_dir)
     answer_tokens = resolve_answer_token_ids(tokenizer, template)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from components.device import current_device
 from components.settings import REPO_ROOT
 
 if TYPE_CHECKING:
@@ -55,14 +56,12 @@ def ensure_distributed_env() -> None:
 def init_distributed() -> tuple[int, int, torch.device]:
     """Join (or start) the process group; this process's rank, the world size, its device."""
     isolate_extension_cache()
+    os.environ.setdefault("DS_ACCELERATOR", current_device().type)  # before deepspeed decides
     import deepspeed  # heavy import (~5 s); keep it out of module import time
 
     ensure_distributed_env()
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    device = current_device()  # the stage's `use_device`; DeepSpeed follows DS_ACCELERATOR
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 
 

@@ -116,7 +116,9 @@ def build_tiny_model(out: Path) -> Path:
 
 
 def apply_test_profile(params: dict, tiny_model: Path) -> None:
-    """The small test profile: the mini dataset, the tiny model, a few steps per stage."""
+    """The small test profile: the mini dataset, the tiny model, a few steps per stage, this
+    machine's CPU (the GPU profile asks for `cuda`: its code paths run here on the CPU)."""
+    params["device"] = "cpu"
     params["data"].update(name=MINI, eval_queries=10)
     params["dense"].update(max_tokens=64)
     params["base_model"]["source"] = str(tiny_model)

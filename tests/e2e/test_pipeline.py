@@ -128,6 +128,11 @@ def test_mlflow_groups_stage_runs_under_the_pipeline_run(pipeline_result):
         [logged] = [i.dataset for i in child.inputs.dataset_inputs]
         assert (logged.name, logged.digest) == (MINI, child.data.tags["data_dvc_md5"][:36])
     assert children["bm25"].data.params["bm25.k1"] == "0.9"
+    # Every stage that loads a model says where it ran (the test profile: device cpu).
+    for stage in ("dense", "teacher", "rank_lists", "rabtriever", "dgr"):
+        assert children[stage].data.params["device"] == "cpu", stage
+        assert children[stage].data.tags["bf16_native"] in ("true", "false")
+    assert "device" not in children["bm25"].data.params
     assert children["evaluate"].data.metrics["test.all.bm25.ndcg_cut_10"] > 0.5
     artifacts = [a.path for a in client.list_artifacts(children["evaluate"].info.run_id, "eval")]
     assert "eval/results.md" in artifacts and "eval/metrics.json" in artifacts

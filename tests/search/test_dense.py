@@ -2,6 +2,7 @@
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 
@@ -16,6 +17,7 @@ from components.search.dense import (
     doc_text,
     load_encoder,
 )
+from components.search.faiss_index import IndexSpec
 
 CORPUS = {
     "d01": {"title": "Coffee and sleep", "text": "Caffeine taken late in the day delays sleep."},
@@ -116,6 +118,16 @@ def test_max_tokens_is_kept_with_the_index(tmp_path):
     loaded = DenseIndex.load(folder, load_encoder())
     assert loaded.encoder.max_seq_length == 8  # queries are cut as the documents were
     assert loaded.search(QUERIES, k=4) == built.search(QUERIES, k=4)
+
+
+def test_a_graph_index_keeps_its_type_and_search_setting_through_save_and_load(
+        index, encoder, tmp_path):
+    spec = IndexSpec("hnsw", hnsw_m=8, ef_search=64)
+    graph = DenseIndex.build(CORPUS, encoder, batch_size=4, spec=spec)
+    reopened = DenseIndex.load(graph.save(tmp_path / "hnsw"), encoder)
+    assert reopened.spec == spec and faiss.downcast_index(reopened.index).hnsw.efSearch == 64
+    # Twelve documents, 64 candidates kept: the graph search visits all, as flat does.
+    assert reopened.search(QUERIES, k=5) == index.search(QUERIES, k=5)
 
 
 def test_load_refuses_an_index_built_by_another_model(index, encoder, tmp_path):
