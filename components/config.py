@@ -219,7 +219,8 @@ class TeacherParams(Section):
 
 class RankListsParams(Section):
     depth: int = Field(ge=1)
-    first_stage_weight: float = Field(ge=0, le=1)  # 0: the reranker's own score (the papers')
+    # 0: the reranker's own score (the papers'); auto: chosen on dev by rank_lists
+    first_stage_weight: Annotated[float, Field(ge=0, le=1)] | Literal["auto"]
     latency_queries: int = Field(ge=1)
     train_queries: int = Field(ge=0)
     train_depth: int = Field(ge=1)

@@ -37,7 +37,7 @@ from components.data.beir import load_beir
 from components.data.splits import HELDOUT, QuerySplits
 from components.device import use_device
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
-from components.fusion import interpolate
+from components.fusion import interpolate, read_weight
 from components.layout import Layout, run_key
 from components.llm.prompts import PromptTemplate
 from components.rabtriever.distillation_data import JepaTrainingData, TeacherPairs
@@ -344,7 +344,7 @@ def rabtriever(params_path: str = "params.yaml") -> dict:
             ranked += [bulk_run[q] for q in bulk]
             # Mixed with BM25's scores as the teacher's ranking is (rank_lists.first_stage_weight).
             reranked = interpolate(first_stage[split], dict(zip(qids, ranked, strict=True)),
-                                   params.rank_lists.first_stage_weight)
+                                   read_weight(layout.rank_lists_dir))
             write_trec_run(layout.run_dir("rabtriever_rerank") / f"{split}.trec", reranked,
                            "Rabtriever-rerank", topics=qids)
             if cfg.corpus == "full":

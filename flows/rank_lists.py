@@ -26,11 +26,12 @@ from components import tracking
 from components.atomic import atomic_path
 from components.config import load_params
 from components.data.beir import load_beir
+from components.data.judgements import read_judgements
 from components.data.sampling import sample_query_ids
 from components.data.splits import HELDOUT, QuerySplits
 from components.device import use_device
 from components.evaluation.costs import folder_bytes, read_cost, time_each, write_cost
-from components.fusion import interpolate
+from components.fusion import choose_weight, interpolate, write_weight
 from components.layout import Layout
 from components.llm.prompts import PromptTemplate
 from components.rabtriever.pair_documents import (
@@ -41,7 +42,7 @@ from components.rabtriever.pair_documents import (
 from components.runs import read_trec_run, write_trec_run
 from components.teacher.data import document_text
 from components.teacher.reranker import LLMReranker
-from flows._stage import run_cli, stage_flow
+from flows._stage import StageFailed, run_cli, stage_flow
 
 
 def candidate_pairs(run, qids, depth, corpus, queries):
@@ -59,6 +60,30 @@ def to_run(keys, scores) -> dict:
     for (qid, docid), score in zip(keys, scores, strict=True):
         run.setdefault(qid, []).append((docid, float(score)))
     return run
+
+
+def first_stage_weight(params, splits: QuerySplits, runs: dict) -> float:
+    """`rank_lists.first_stage_weight`, or with `auto` the grid weight whose mixed teacher
+    ranking scores best on the held-out dev queries (their judgements, never test ones);
+    recorded in `rank_lists/first_stage_weight.json` for the stages after this one."""
+    setting = params.rank_lists.first_stage_weight
+    layout = Layout(params.data.name)
+    if setting != "auto":
+        write_weight(layout.rank_lists_dir, setting, float(setting))
+        return float(setting)
+    if HELDOUT not in runs:
+        raise StageFailed("first_stage_weight: auto chooses on the held-out dev queries, and "
+                          "there are none (data.dev_queries is 0): set a number instead")
+    bm25_run, teacher_run = runs[HELDOUT]
+    metric = params.evaluate.primary
+    qrels = read_judgements(params.data.dataset_dir(), splits.train_split, splits.dev_evaluated)
+    qids = [q for q in splits.dev_evaluated if q in qrels]
+    weight, dev = choose_weight(bm25_run, teacher_run, qrels, metric, qids)
+    write_weight(layout.rank_lists_dir, setting, weight, dev, metric)
+    mlflow.log_dict({str(w): m for w, m in dev.items()}, "first_stage_weight_dev.json")
+    print(f"first_stage_weight: auto -> {weight:g} (dev {metric} {dev[weight]:.4f} over "
+          f"{len(qids)} queries; reranker alone {dev[0.0]:.4f}, BM25 {dev[1.0]:.4f})")
+    return weight
 
 
 @stage_flow("rank_lists")
@@ -94,6 +119,7 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                                                       params.seed),
                  cfg.train_depth, "states", train,
                  layout.train_bm25_run(params.data.train_name, splits.train_split))]
+        scored = []  # (split, qids, depth, kept, BM25 run, pair keys, scores, latencies)
         for split, qids, depth, kept, source, run_path in jobs:
             if not qids:
                 continue
@@ -102,6 +128,7 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
             keys, pairs = candidate_pairs(bm25_run, qids, depth, source.corpus_dict(),
                                           source.queries_dict())
             started = time.perf_counter()
+            latencies = []
             if keep_states:
                 states = reranker.forward_pair_states(pairs, cfg.batch_size, cfg.top_k_logits,
                                                       documents)
@@ -134,9 +161,19 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                 # `keys` lists the pairs query by query in `qids` order, as here.
                 scores = [score for query_scores in per_query for score in query_scores]
             seconds = time.perf_counter() - started
-            # The ranking the teacher outputs, mixed with BM25's when first_stage_weight > 0; the
+            scored.append((split, qids, depth, kept, bm25_run, keys, scores, latencies))
+            metrics[f"{split}_pairs"] = len(pairs)
+            metrics[f"{split}_pairs_per_s"] = len(pairs) / seconds
+            print(f"{split}: {len(qids)} queries x top-{depth} = {len(pairs)} pairs in "
+                  f"{seconds:.0f}s ({len(pairs) / seconds:.1f} pairs/s)")
+        weight = first_stage_weight(params, splits, {split: (bm25_run, to_run(keys, scores))
+                                                     for split, _, _, _, bm25_run, keys, scores,
+                                                     _ in scored})
+        metrics["first_stage_weight"] = weight
+        for split, qids, depth, kept, bm25_run, keys, scores, latencies in scored:
+            # The ranking the teacher outputs, mixed with BM25's when the weight is > 0; the
             # table below keeps the LLM's own scores (what the students distil).
-            run = interpolate(bm25_run, to_run(keys, scores), cfg.first_stage_weight)
+            run = interpolate(bm25_run, to_run(keys, scores), weight)
             write_trec_run(layout.run_dir("teacher") / f"{split}.trec", run, tag="BM25->teacher",
                            topics=qids)
             if kept == "timed":
@@ -152,12 +189,8 @@ def rank_lists(params_path: str = "params.yaml") -> dict:
                                                       for r in range(1, len(run.get(q, [])) + 1)])
             frame["rank"] = frame.groupby("query_id")["score"].rank(ascending=False,
                                                                     method="first").astype(int)
-            frame["state_row"] = range(len(frame)) if keep_states else -1
+            frame["state_row"] = range(len(frame)) if kept == "states" else -1
             frames.append(frame)
-            metrics[f"{split}_pairs"] = len(pairs)
-            metrics[f"{split}_pairs_per_s"] = len(pairs) / seconds
-            print(f"{split}: {len(qids)} queries x top-{depth} = {len(pairs)} pairs in "
-                  f"{seconds:.0f}s ({len(pairs) / seconds:.1f} pairs/s)")
         documents_dir = layout.rank_lists_dir / "documents"
         shutil.rmtree(documents_dir, ignore_errors=True)  # never a stale set from another teacher
         if documents is not None:

@@ -2,7 +2,7 @@ import pytest
 from ranx import Run as RanxRun
 from ranx import fuse
 
-from components.fusion import interpolate
+from components.fusion import GRID, choose_weight, interpolate, read_weight, write_weight
 
 BM25 = {"q1": [("d1", 12.0), ("d2", 9.5), ("d3", 7.0), ("d4", 3.0)],
         "q2": [("d5", 4.0), ("d6", 2.0), ("d7", 1.0)]}
@@ -44,3 +44,14 @@ def test_ties_empty_rankings_and_bad_weights():
     assert interpolate({}, {"q": [("a", 2.0), ("b", 1.0)]}, 0.5) == {"q": [("a", 0.5), ("b", 0.0)]}
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         interpolate(BM25, TEACHER, 1.5)
+
+
+def test_auto_weight_is_the_smallest_grid_weight_with_the_best_dev_mean(tmp_path):
+    # q1: BM25 ranks the relevant d1 first, the teacher d2. Mixed, d1 leads once w > 2/3.
+    weight, means = choose_weight(BM25, TEACHER, {"q1": {"d1": 1}}, "ndcg_cut_10", ["q1"])
+    assert weight == 0.7 and means[0.7] == pytest.approx(1.0) and means[0.6] < 1.0
+    assert set(means) == set(GRID)
+    write_weight(tmp_path, "auto", weight, means, "ndcg_cut_10")
+    assert read_weight(tmp_path) == 0.7
+    with pytest.raises(ValueError, match="held-out dev queries"):
+        choose_weight(BM25, TEACHER, {}, "ndcg_cut_10", [])

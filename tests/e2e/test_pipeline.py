@@ -213,11 +213,16 @@ def test_dev_sweep_scores_values_on_heldout_queries_without_touching_the_workspa
     assert (_digest(root / "params.yaml"), _digest(student)) == before
 
 def test_first_stage_weight_sweep_reads_dev_and_matches_the_teacher_run(pipeline_result):
-    """At the run's own weight the sweep's dev figure is the teacher's dev run as evaluated."""
+    """`first_stage_weight: auto` chose on dev what the sweep script chooses, and at that weight
+    the sweep's dev figure is the teacher's dev run as evaluated."""
     root, _ = pipeline_result
-    weight = yaml.safe_load((root / "params.yaml").read_text())["rank_lists"]["first_stage_weight"]
-    result = run(["python", "scripts/first_stage_weight.py", "--weights", "0", str(weight), "1"],
-                 root)
+    assert yaml.safe_load((root / "params.yaml").read_text())["rank_lists"][
+        "first_stage_weight"] == "auto"
+    record = json.loads((root / "outputs" / MINI / "rank_lists/first_stage_weight.json")
+                        .read_text())
+    assert (record["setting"], record["chosen_on"]) == ("auto", "dev") and len(record["dev"]) == 11
+    weight = record["weight"]
+    result = run(["python", "scripts/first_stage_weight.py"], root)
     rows = {float(line.split("|")[1].split()[0]): float(line.split("|")[2])
             for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line
             and "first_stage_weight" not in line}
@@ -226,7 +231,7 @@ def test_first_stage_weight_sweep_reads_dev_and_matches_the_teacher_run(pipeline
     own = per_query_metrics(read_trec_run(teacher)[0], qrels, ["ndcg_cut_10"],
                             read_run_topics(teacher))["ndcg_cut_10"]
     assert rows[weight] == pytest.approx(sum(own.values()) / len(own), abs=1e-4)
-    assert "chosen on dev: rank_lists.first_stage_weight" in result.stdout
+    assert f"chosen on dev: rank_lists.first_stage_weight = {weight:g}" in result.stdout
     assert "test" not in result.stdout.lower().replace("paired", "")
 
 
