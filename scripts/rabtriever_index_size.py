@@ -4,8 +4,8 @@ The index keeps, per document, a pooled embedding (fp32) and the token states of
 layer (fp16, `rabtriever.maxsim_doc_tokens` tokens at most): most of its bytes. This rereads the
 trained student's stored index (`outputs/<dataset>/rabtriever`) cut to fewer tokens, or with its
 states rounded to int8 (one fp16 scale per token), and reranks the held-out dev queries' BM25
-top-K (`rank_lists.depth`) as the `rabtriever` stage does, mixed with BM25 by
-`rank_lists.first_stage_weight`. Each variant is compared with the stored index, paired over
+top-K (`rank_lists.depth`) as the `rabtriever` stage does, mixed with BM25 by the weight
+`rank_lists` used. Each variant is compared with the stored index, paired over
 the dev queries, Holm-corrected. Nothing is retrained; no test judgement is read.
 
     .venv/bin/python scripts/rabtriever_index_size.py [--tokens 512 256 128 64] [--params P]
@@ -29,7 +29,7 @@ from components.data.splits import HELDOUT, QuerySplits  # noqa: E402
 from components.evaluation.headline import win_tie_loss  # noqa: E402
 from components.evaluation.metrics import METRIC_LABELS, per_query_metrics  # noqa: E402
 from components.evaluation.significance import compare, holm  # noqa: E402
-from components.fusion import interpolate  # noqa: E402
+from components.fusion import interpolate, read_weight  # noqa: E402
 from components.layout import Layout  # noqa: E402
 from components.rabtriever.late_interaction import TokenStates  # noqa: E402
 from components.rabtriever.model import Rabtriever  # noqa: E402
@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     qids = sorted(q for q in splits.dev_evaluated if q in qrels)
     candidates = {q: [d for d, _ in bm25.get(q, [])[:depth] if d in indexed] for q in qids}
     asked = {q: queries[q] for q in qids}
+    weight = read_weight(layout.rank_lists_dir)  # what the stages used (auto: chosen on dev)
 
     def score(tokens: TokenStates) -> dict[str, float]:
         student.set_index(student.doc_ids, student.doc_embeddings, tokens)
-        mixed = interpolate(bm25, student.rerank(asked, candidates),
-                            params.rank_lists.first_stage_weight)
+        mixed = interpolate(bm25, student.rerank(asked, candidates), weight)
         return per_query_metrics(mixed, qrels, [metric], qids)[metric]
 
     variants = [(f"{w} tokens, fp16", cut(stored, w), False) for w in args.tokens]
