@@ -3,7 +3,8 @@
 The rule of evidence this module serves: test judgements reach `evaluate` only (and
 `validate`, which checks the file's form and writes the test topic ids, no grades). Model
 stages read the judgements of the training queries they train on; the held-out dev queries'
-judgements are read where a choice is made (`evaluate`'s dev rows, `promote`).
+judgements are read where a choice is made (`evaluate`'s dev rows, `promote`, and `rank_lists`
+when it chooses `first_stage_weight: auto`).
 
 Every read of a qrels file calls `record_read`. With `RERANK_QRELS_AUDIT=<file>` set, each
 read appends one JSON line `{"stage", "file"}` there, so a test can run the whole pipeline
